@@ -1,0 +1,140 @@
+"""Job commands: submit, list, show, cancel, retry."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from . import app
+
+
+def _read_lines(source: str) -> list[str]:
+    from ..errors import UsageError
+
+    if source == "-":
+        return sys.stdin.read().splitlines()
+    try:
+        return Path(source).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {source!r}: {exc}") from None
+
+
+@app.command()
+def submit(
+    name: Annotated[str | None, typer.Argument(help="A name for the job, shown everywhere.")] = None,
+    task: Annotated[str, typer.Option("-t", "--task", help="Registered task to run.")] = "process",
+    arg: Annotated[
+        list[str] | None,
+        typer.Option("-a", "--arg", help="Task argument KEY=VALUE (JSON when it parses); repeatable."),
+    ] = None,
+    description: Annotated[str, typer.Option("-d", "--description", help="Free text.")] = "",
+    queue: Annotated[str | None, typer.Option("-q", "--queue", help="Queue (default: JOBCTL_DEFAULT_QUEUE).")] = None,
+    timeout: Annotated[int | None, typer.Option("--timeout", help="Hard time limit in seconds.")] = None,
+    retries: Annotated[int, typer.Option("--retries", help="Extra attempts after a failure.")] = 0,
+    from_file: Annotated[
+        str | None, typer.Option("--from", help="JSON Lines file of jobs to submit ('-' for stdin).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the job object(s) as JSON.")] = False,
+) -> None:
+    """Store a pending job, put it on its queue, and print its id."""
+    from .. import service
+    from ..errors import UsageError
+    from .render import print_json
+
+    defaults = service.JobRequest(
+        name=name or "",
+        task=task,
+        args=service.parse_assignments(arg or []),
+        description=description,
+        queue=queue,
+        timeout=timeout,
+        retries=retries,
+    )
+    if from_file is not None:
+        if name is not None:
+            raise UsageError("give either NAME or --from, not both")
+        requests = service.parse_job_lines(_read_lines(from_file), defaults)
+    elif name is None:
+        raise UsageError("missing NAME (or --from FILE)")
+    else:
+        requests = [defaults]
+    jobs = service.submit_jobs(requests)
+    if as_json:
+        data = [j.to_public() for j in jobs]
+        print_json(data if from_file is not None else data[0])
+    else:
+        sys.stdout.write("".join(f"{j.id}\n" for j in jobs))
+
+
+@app.command("list")
+def list_(
+    status: Annotated[
+        list[str] | None, typer.Option("-s", "--status", help="Only jobs in this status; repeatable.")
+    ] = None,
+    task: Annotated[str | None, typer.Option("-t", "--task", help="Only jobs of this task.")] = None,
+    queue: Annotated[str | None, typer.Option("-q", "--queue", help="Only jobs on this queue.")] = None,
+    limit: Annotated[int, typer.Option("--limit", help="At most this many jobs (1-1000).")] = 100,
+    offset: Annotated[int, typer.Option("--offset", help="Skip this many jobs.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print an array of job objects.")] = False,
+) -> None:
+    """List jobs, newest first."""
+    from .. import service
+    from .render import jobs_table, print_json, stdout
+
+    views = service.list_jobs(
+        statuses=[s.lower() for s in status or []], task=task, queue_name=queue, limit=limit, offset=offset
+    )
+    if as_json:
+        print_json([v.to_public() for v in views])
+    elif views:
+        stdout().print(jobs_table(views))
+    else:
+        typer.echo("No jobs.", err=True)
+
+
+@app.command()
+def show(
+    job_id: Annotated[int, typer.Argument(metavar="ID", help="The job's id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the job object as JSON.")] = False,
+) -> None:
+    """Show every field of a job, with live progress while it runs."""
+    from .. import service
+    from .render import job_detail, print_json, stdout
+
+    view = service.show_job(job_id)
+    if as_json:
+        print_json(view.to_public())
+    else:
+        stdout().print(job_detail(view))
+
+
+def _report(outcomes: list) -> None:  # type: ignore[type-arg]
+    from .. import service
+
+    for outcome in outcomes:
+        if outcome.ok:
+            typer.echo(outcome.message, err=True)
+        else:
+            typer.echo(f"Error: {outcome.message}", err=True)
+    code = service.worst_exit(outcomes)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
+def cancel(ids: Annotated[list[int], typer.Argument(metavar="ID...", help="Jobs to cancel.")]) -> None:
+    """Cancel jobs: pending ones never start, running ones are stopped."""
+    from .. import service
+
+    _report([service.cancel_job(i) for i in ids])
+
+
+@app.command()
+def retry(ids: Annotated[list[int], typer.Argument(metavar="ID...", help="Jobs to retry.")]) -> None:
+    """Queue failed or cancelled jobs again for another attempt."""
+    from .. import service
+
+    _report([service.retry_job(i) for i in ids])

@@ -1,0 +1,187 @@
+"""Tables and text for jobs, workers, tasks and checks. Job-supplied text is always shown literally."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+if TYPE_CHECKING:
+    from ..service import Check, JobView
+
+STATUS_STYLE = {
+    "pending": "yellow",
+    "processing": "cyan",
+    "completed": "green",
+    "failed": "red",
+    "cancelled": "magenta",
+}
+
+
+def stdout() -> Console:
+    """A console on stdout that never interprets markup or highlights data."""
+    return Console(markup=False, highlight=False, emoji=False, soft_wrap=False)
+
+
+def stderr() -> Console:
+    """A console for messages on stderr."""
+    return Console(stderr=True, markup=False, highlight=False, emoji=False)
+
+
+def print_json(data: Any) -> None:
+    """Data as JSON on stdout."""
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def relative(when: datetime | None, now: datetime | None = None) -> str:
+    """`5s ago`, `3m ago`, `2h ago`, `4d ago`."""
+    if when is None:
+        return "-"
+    seconds = ((now or datetime.now(UTC)) - when).total_seconds()
+    if seconds < 0:
+        return "in " + duration(-seconds)
+    return duration(seconds) + " ago"
+
+
+def duration(seconds: float | None) -> str:
+    """A short human duration: `850ms`, `12.3s`, `4m05s`, `2h03m`, `3d04h`."""
+    if seconds is None:
+        return "-"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
+
+
+def job_duration(view: JobView, now: datetime | None = None) -> float | None:
+    """Seconds a job ran (so far, when it is still running)."""
+    job = view.job
+    if job.started_at is None:
+        return None
+    end = job.completed_at or now or datetime.now(UTC)
+    return max(0.0, (end - job.started_at).total_seconds())
+
+
+def progress_text(progress: dict[str, Any] | None) -> str:
+    """`4/10`, or `4` with no total, or `-`."""
+    if not progress:
+        return "-"
+    current, total = progress.get("current"), progress.get("total")
+    return f"{current}/{total}" if total is not None else f"{current}"
+
+
+def status_text(status: str) -> Text:
+    """The status, coloured."""
+    return Text(status, style=STATUS_STYLE.get(status, ""))
+
+
+def jobs_table(views: list[JobView]) -> Table:
+    """The `jobctl list` table."""
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("ID", "NAME", "TASK", "STATUS", "PROGRESS", "CREATED", "DURATION"):
+        table.add_column(column, justify="right" if column in ("ID", "PROGRESS") else "left",
+                         overflow="ellipsis", no_wrap=True, max_width=40 if column == "NAME" else None)
+    now = datetime.now(UTC)
+    for view in views:
+        job = view.job
+        table.add_row(
+            Text(str(job.id)),
+            Text(one_line(job.name)),
+            Text(job.task),
+            status_text(job.status),
+            Text(progress_text(view.progress)),
+            Text(relative(job.created_at, now)),
+            Text(duration(job_duration(view, now))),
+        )
+    return table
+
+
+def one_line(text: str) -> str:
+    """Control characters made visible so one job stays on one line."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def job_detail(view: JobView) -> Table:
+    """The `jobctl show` view: every field."""
+    job = view.job
+    table = Table(box=None, show_header=False, pad_edge=False)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    progress = view.progress
+    rows: list[tuple[str, Text]] = [
+        ("id", Text(str(job.id))),
+        ("name", Text(job.name)),
+        ("description", Text(job.description or "-")),
+        ("task", Text(job.task)),
+        ("args", Text(json.dumps(job.args, ensure_ascii=False))),
+        ("queue", Text(job.queue)),
+        ("status", status_text(job.status)),
+        ("progress", Text(progress_line(progress))),
+        ("attempts", Text(f"{job.attempts} (retries allowed: {job.retries})")),
+        ("worker", Text(job.worker or "-")),
+        ("task id", Text(job.task_id or "-")),
+        ("timeout", Text(f"{job.timeout}s" if job.timeout else "default")),
+        ("created", Text(_stamp(job.created_at))),
+        ("started", Text(_stamp(job.started_at))),
+        ("completed", Text(_stamp(job.completed_at))),
+        ("duration", Text(duration(job_duration(view)))),
+    ]
+    if view.live is not None and not job.job_status.is_terminal:
+        state = view.live.rq_status or "missing"
+        if view.live.position is not None:
+            state += f", position {view.live.position + 1} in queue {job.queue!r}"
+        rows.append(("rq state", Text(state)))
+    if job.result is not None:
+        rows.append(("result", Text(json.dumps(job.result, ensure_ascii=False, indent=2))))
+    if job.error:
+        rows.append(("error", Text(job.error, style="red")))
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+def progress_line(progress: dict[str, Any] | None) -> str:
+    """`4/10 (40%) resized x.png`."""
+    if not progress:
+        return "-"
+    text = progress_text(progress)
+    total = progress.get("total")
+    if total:
+        text += f" ({100 * (progress.get('current') or 0) / total:.0f}%)"
+    if progress.get("message"):
+        text += f" {progress['message']}"
+    return text
+
+
+def _stamp(when: datetime | None) -> str:
+    if when is None:
+        return "-"
+    return f"{when.isoformat(timespec='seconds')} ({relative(when)})"
+
+
+def checks_table(checks: list[Check]) -> Table:
+    """The `jobctl health` table."""
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("CHECK", "STATUS", "TIME", "DETAIL"):
+        table.add_column(column)
+    for check in checks:
+        table.add_row(
+            check.name,
+            Text("ok", style="green") if check.ok else Text("FAIL", style="red"),
+            duration(check.seconds),
+            Text(check.detail),
+        )
+    return table

@@ -1,0 +1,60 @@
+"""Worker commands: run workers, list live workers."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from . import app
+
+
+@app.command()
+def worker(
+    queue: Annotated[
+        list[str] | None, typer.Option("-q", "--queue", help="Queue to serve, in priority order; repeatable.")
+    ] = None,
+    concurrency: Annotated[
+        int, typer.Option("-c", "--concurrency", min=1, max=64, help="Number of worker processes.")
+    ] = 1,
+    burst: Annotated[bool, typer.Option("--burst", help="Exit when the queues are empty.")] = False,
+    max_jobs: Annotated[
+        int | None, typer.Option("--max-jobs", min=1, help="Restart a worker after this many jobs.")
+    ] = None,
+) -> None:
+    """Run workers (with the scheduler). SIGTERM/Ctrl-C finishes current jobs; a second one stops them."""
+    from ..config import get_settings
+    from ..errors import UsageError
+    from ..tasks import load_task_modules
+    from ..worker import run_workers
+
+    for name in queue or []:
+        if not name or any(c.isspace() for c in name):
+            raise UsageError(f"invalid queue name {name!r}")
+    load_task_modules(get_settings().task_modules)
+    run_workers(queue or [], concurrency=concurrency, burst=burst, max_jobs=max_jobs)
+
+
+@app.command()
+def workers() -> None:
+    """List live workers: name, host, pid, queues, state, current job."""
+    from rich.table import Table
+    from rich.text import Text
+
+    from ..queue import list_workers, parse_rq_job_id
+    from .render import stdout
+
+    found = list_workers()
+    if not found:
+        typer.echo("No workers are running.", err=True)
+        return
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("NAME", "HOST", "PID", "QUEUES", "STATE", "JOB"):
+        table.add_column(column)
+    for w in found:
+        parsed = parse_rq_job_id(w.current_job) if w.current_job else None
+        job = str(parsed[0]) if parsed else (w.current_job or "-")
+        table.add_row(
+            Text(w.name), Text(w.hostname), str(w.pid or "-"), Text(",".join(w.queues)), Text(w.state), job
+        )
+    stdout().print(table)

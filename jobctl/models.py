@@ -1,0 +1,103 @@
+"""The SQL job record, its statuses, and the shape shown to users."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """Stores UTC and always returns timezone-aware datetimes, on SQLite too."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class JobStatus(enum.StrEnum):
+    """The five states of a job; the last three are terminal."""
+
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+ACTIVE = frozenset({JobStatus.PENDING, JobStatus.PROCESSING})
+
+
+class Job(SQLModel, table=True):
+    """One submitted job: the durable record of what was asked and what happened."""
+
+    __tablename__ = "job"
+    __table_args__ = (
+        sa.Index("ix_job_status_id", "status", "id"),
+        sa.Index("ix_job_task_id_order", "task", "id"),
+        sa.Index("ix_job_queue_id", "queue", "id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    description: str = Field(default="", sa_column=sa.Column(sa.Text, nullable=False, server_default=""))
+    task: str = Field(sa_column=sa.Column(sa.String(255), nullable=False))
+    args: dict[str, Any] = Field(default_factory=dict, sa_column=sa.Column(sa.JSON, nullable=False))
+    queue: str = Field(sa_column=sa.Column(sa.String(255), nullable=False))
+    status: str = Field(default=JobStatus.PENDING.value, sa_column=sa.Column(sa.String(16), nullable=False))
+    task_id: str | None = Field(default=None, sa_column=sa.Column(sa.String(255), nullable=True))
+    progress: dict[str, Any] | None = Field(default=None, sa_column=sa.Column(sa.JSON, nullable=True))
+    result: Any | None = Field(default=None, sa_column=sa.Column(sa.JSON(none_as_null=True), nullable=True))
+    error: str | None = Field(default=None, sa_column=sa.Column(sa.Text, nullable=True))
+    attempts: int = Field(default=0, sa_column=sa.Column(sa.Integer, nullable=False, server_default="0"))
+    retries: int = Field(default=0, sa_column=sa.Column(sa.Integer, nullable=False, server_default="0"))
+    timeout: int | None = Field(default=None, sa_column=sa.Column(sa.Integer, nullable=True))
+    worker: str | None = Field(default=None, sa_column=sa.Column(sa.String(255), nullable=True))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=sa.Column(UTCDateTime, nullable=False))
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=sa.Column(UTCDateTime, nullable=False))
+    started_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime, nullable=True))
+    completed_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime, nullable=True))
+
+    @property
+    def job_status(self) -> JobStatus:
+        return JobStatus(self.status)
+
+    def to_public(self) -> dict[str, Any]:
+        """The job as a JSON-ready object, timestamps in ISO-8601 UTC."""
+        out: dict[str, Any] = {}
+        for key in PUBLIC_FIELDS:
+            value = getattr(self, key)
+            out[key] = value.isoformat() if isinstance(value, datetime) else value
+        return out
+
+
+PUBLIC_FIELDS = (
+    "id", "name", "description", "task", "args", "queue", "status", "task_id", "progress", "result",
+    "error", "attempts", "retries", "timeout", "worker", "created_at", "updated_at", "started_at",
+    "completed_at",
+)

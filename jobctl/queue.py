@@ -1,0 +1,251 @@
+"""Redis and RQ: connections, enqueueing, live job state, cancel signals and workers' registry."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+from .config import get_settings, mask_url
+from .errors import BackendError
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+    from .models import Job
+
+DISPATCH = "jobctl.runtime.run_job"
+CANCEL_KEY = "jobctl:cancel:{}"
+ENQUEUE_BATCH = 1000
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_connections: dict[tuple[int, str], Redis] = {}
+
+
+def redis_url() -> str:
+    """The URL of the Redis jobctl uses, starting the embedded server when none is configured."""
+    settings = get_settings()
+    url = settings.resolved_redis_url()
+    if url is not None:
+        return url
+    from .embedded import ensure_embedded_redis
+
+    return ensure_embedded_redis(settings.data_dir)
+
+
+def redis_error(url: str, exc: BaseException) -> BackendError:
+    """A one-line error naming Redis (password masked) and why it failed."""
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    reason = reason.replace(url, mask_url(url))
+    return BackendError(f"cannot reach Redis at {mask_url(url)} ({reason})")
+
+
+def guarded(fn: Callable[P, T]) -> Callable[P, T]:
+    """Turn Redis connection failures into a BackendError."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        from redis import exceptions as rexc
+
+        try:
+            return fn(*args, **kwargs)
+        except (rexc.ConnectionError, rexc.TimeoutError, rexc.AuthenticationError, rexc.ResponseError) as exc:
+            if isinstance(exc, rexc.ResponseError) and "NOAUTH" not in str(exc) and "WRONGPASS" not in str(exc):
+                raise
+            raise redis_error(redis_url(), exc) from None
+
+    return wrapper
+
+
+def get_redis() -> Redis:
+    """This process's Redis connection (never shared across a fork)."""
+    from redis import Redis
+
+    url = redis_url()
+    key = (os.getpid(), url)
+    conn = _connections.get(key)
+    if conn is None:
+        try:
+            conn = Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+        except ValueError as exc:
+            raise BackendError(f"malformed Redis URL {mask_url(url)!r} ({exc})") from None
+        _connections[key] = conn
+    return conn
+
+
+def reset_connections() -> None:
+    """Forget every connection (tests and settings changes)."""
+    for conn in _connections.values():
+        conn.close()
+    _connections.clear()
+
+
+def serializer() -> Any:
+    """RQ's JSON serializer: nothing jobctl enqueues or reads is pickled."""
+    from rq.serializers import JSONSerializer
+
+    return JSONSerializer
+
+
+def rq_job_id(job_id: int, attempt: int) -> str:
+    """The RQ job id of a row's attempt."""
+    return f"jobctl-{job_id}-{attempt}"
+
+
+def parse_rq_job_id(task_id: str) -> tuple[int, int] | None:
+    """The (row id, attempt) an RQ job id names, or None for a job that is not jobctl's."""
+    parts = task_id.split("-")
+    if len(parts) != 3 or parts[0] != "jobctl" or not parts[1].isdigit() or not parts[2].isdigit():
+        return None
+    return int(parts[1]), int(parts[2])
+
+
+def get_queue(name: str, connection: Redis | None = None) -> Any:
+    """The RQ queue called `name`, with the JSON serializer."""
+    from rq import Queue
+
+    return Queue(name, connection=connection or get_redis(), serializer=serializer())
+
+
+@guarded
+def ping() -> None:
+    """Check Redis answers."""
+    get_redis().ping()
+
+
+@guarded
+def enqueue(jobs: Sequence[Job], attempt_of: Callable[[Job], int] | None = None) -> None:
+    """Put rows' attempts on their queues, pipelined in batches."""
+    settings = get_settings()
+    conn = get_redis()
+    by_queue: dict[str, list[Job]] = {}
+    for job in jobs:
+        by_queue.setdefault(job.queue, []).append(job)
+    for queue_name, queue_jobs in by_queue.items():
+        queue = get_queue(queue_name, conn)
+        for start in range(0, len(queue_jobs), ENQUEUE_BATCH):
+            batch = queue_jobs[start : start + ENQUEUE_BATCH]
+            datas = []
+            for job in batch:
+                assert job.id is not None
+                attempt = attempt_of(job) if attempt_of else job.attempts + 1
+                datas.append(
+                    queue.prepare_data(
+                        DISPATCH,
+                        args=[job.id, attempt],
+                        timeout=job.timeout or settings.job_timeout,
+                        result_ttl=settings.result_ttl,
+                        failure_ttl=max(settings.result_ttl, 86_400),
+                        description=job.name,
+                        job_id=rq_job_id(job.id, attempt),
+                        meta={"jobctl_id": job.id, "task": job.task},
+                    )
+                )
+            with conn.pipeline() as pipe:
+                queue.enqueue_many(datas, pipeline=pipe)
+                pipe.execute()
+
+
+@guarded
+def discard(task_id: str) -> None:
+    """Remove a queued RQ job so no worker starts it (the SQL claim refuses it anyway)."""
+    from rq.exceptions import InvalidJobOperation, NoSuchJobError
+    from rq.job import Job as RQJob
+
+    try:
+        RQJob.fetch(task_id, connection=get_redis(), serializer=serializer()).cancel()
+    except (NoSuchJobError, InvalidJobOperation):
+        pass
+
+
+@guarded
+def request_stop(task_id: str, ttl: int = 3600) -> None:
+    """Ask whichever process runs `task_id` to stop it."""
+    get_redis().set(CANCEL_KEY.format(task_id), "1", ex=ttl)
+
+
+def stop_requested(conn: Redis, task_id: str) -> bool:
+    """True once a cancel has been requested for `task_id`."""
+    return bool(conn.exists(CANCEL_KEY.format(task_id)))
+
+
+@dataclass
+class LiveState:
+    """What Redis knows of a running or queued attempt."""
+
+    rq_status: str | None
+    progress: dict[str, Any] | None
+    worker: str | None
+    position: int | None = None
+
+
+@guarded
+def live_state(jobs: Sequence[Job]) -> dict[int, LiveState]:
+    """Redis state of many rows in one pipelined round trip."""
+    conn = get_redis()
+    tracked = [j for j in jobs if j.task_id and j.id is not None]
+    if not tracked:
+        return {}
+    with conn.pipeline(transaction=False) as pipe:
+        for job in tracked:
+            pipe.hmget(f"rq:job:{job.task_id}", "status", "meta", "worker_name")
+            pipe.lpos(f"rq:queue:{job.queue}", job.task_id or "")
+        replies = pipe.execute()
+    out: dict[int, LiveState] = {}
+    for job, fields, position in zip(tracked, replies[0::2], replies[1::2], strict=True):
+        status, meta_raw, worker = fields
+        meta: dict[str, Any] = {}
+        if meta_raw:
+            try:
+                meta = json.loads(meta_raw)
+            except ValueError:
+                meta = {}
+        assert job.id is not None
+        out[job.id] = LiveState(
+            rq_status=status.decode() if status else None,
+            progress=meta.get("progress") if isinstance(meta, dict) else None,
+            worker=worker.decode() if worker else None,
+            position=position,
+        )
+    return out
+
+
+@dataclass
+class WorkerInfo:
+    """One live RQ worker."""
+
+    name: str
+    hostname: str
+    pid: int | None
+    queues: list[str]
+    state: str
+    current_job: str | None
+
+
+@guarded
+def list_workers() -> list[WorkerInfo]:
+    """The workers registered in Redis."""
+    from rq import Worker
+
+    workers = Worker.all(connection=get_redis(), serializer=serializer())
+    return [
+        WorkerInfo(
+            name=w.name,
+            hostname=w.hostname or "",
+            pid=w.pid,
+            queues=w.queue_names(),
+            state=str(w.get_state()),
+            current_job=w.get_current_job_id(),
+        )
+        for w in workers
+    ]
+
+
+def queue_names(names: Iterable[str]) -> list[str]:
+    """Queue names as given, or the default queue."""
+    return list(names) or [get_settings().default_queue]

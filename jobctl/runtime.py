@@ -1,0 +1,192 @@
+"""What a worker executes: claim the row, run the task, report progress, finalize the record."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+import traceback
+from typing import Any
+
+from .config import get_settings
+
+log = logging.getLogger("jobctl.runtime")
+
+
+class JobCancelled(BaseException):
+    """Raised inside a running task when its job is cancelled (so `except Exception` does not swallow it)."""
+
+
+class _Reporter:
+    """Coalesces progress writes for the running job: a few per second, the last one always written."""
+
+    def __init__(self, rq_job: Any, interval: float) -> None:
+        self.rq_job = rq_job
+        self.interval = interval
+        self.latest: dict[str, Any] | None = None
+        self.written: dict[str, Any] | None = None
+        self.last_write = 0.0
+        self.lock = threading.Lock()
+
+    def update(self, current: int, total: int | None, message: str | None) -> None:
+        if total is None and self.latest is not None:
+            total = self.latest.get("total")
+        value = {"current": int(current), "total": total, "message": message or ""}
+        with self.lock:
+            self.latest = value
+            if time.monotonic() - self.last_write >= self.interval:
+                self._write()
+
+    def flush(self) -> None:
+        with self.lock:
+            if self.latest is not None and self.latest != self.written:
+                self._write()
+
+    def _write(self) -> None:
+        if self.rq_job is None:
+            return
+        self.rq_job.meta["progress"] = self.latest
+        try:
+            self.rq_job.save_meta()
+        except Exception as exc:  # progress is best effort; the final value lands in SQL too
+            log.warning("could not write progress: %s", exc)
+            return
+        self.written = self.latest
+        self.last_write = time.monotonic()
+
+
+_reporter: _Reporter | None = None
+
+
+def progress(current: int, total: int | None = None, message: str | None = None) -> None:
+    """Report the running job's progress; cheap to call often. A no-op outside a job."""
+    if _reporter is not None:
+        _reporter.update(current, total, message)
+
+
+class _CancelWatcher(threading.Thread):
+    """Polls for a cancel request; signals the task, then kills the work-horse after a grace period."""
+
+    def __init__(self, conn: Any, task_id: str, grace: float, in_horse: bool) -> None:
+        super().__init__(name="jobctl-cancel-watcher", daemon=True)
+        self.conn = conn
+        self.task_id = task_id
+        self.grace = grace
+        self.in_horse = in_horse
+        self.done = threading.Event()
+        self.cancelled = False
+
+    def run(self) -> None:
+        from .queue import stop_requested
+
+        while not self.done.wait(0.2):
+            try:
+                if not stop_requested(self.conn, self.task_id):
+                    continue
+            except Exception:
+                continue
+            self.cancelled = True
+            os.kill(os.getpid(), signal.SIGTERM)
+            if self.done.wait(self.grace):
+                return
+            if self.in_horse:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return
+
+
+def _raise_cancelled(signum: int, frame: Any) -> None:
+    raise JobCancelled("cancelled")
+
+
+def describe_error(exc: BaseException) -> str:
+    """The error text stored for a failed job: one summary line, then the traceback."""
+    from rq.timeouts import JobTimeoutException
+
+    if isinstance(exc, JobTimeoutException):
+        return f"timed out: {exc}"
+    summary = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    tb = "".join(traceback.format_exception(exc)).rstrip()
+    return f"{summary}\n\n{tb}"
+
+
+def run_job(job_id: int, attempt: int) -> Any:
+    """The one function RQ runs for jobctl: claim the row, run its task, record the outcome."""
+    global _reporter
+    from rq import get_current_job
+
+    from . import queue, store
+    from .models import JobStatus
+    from .tasks import get_task, load_task_modules
+
+    settings = get_settings()
+    rq_job = get_current_job()
+    worker_name = getattr(rq_job, "worker_name", None) or os.environ.get("RQ_WORKER_ID")
+    job = store.claim(job_id, attempt, worker_name)
+    if job is None:
+        log.info("job %s attempt %s is no longer pending; not running it", job_id, attempt)
+        return None
+
+    load_task_modules(settings.task_modules)
+    spec = get_task(job.task)
+    if spec is None:
+        store.finish(job_id, attempt, JobStatus.FAILED, error=f"unknown task {job.task!r}: not registered")
+        raise LookupError(f"unknown task {job.task!r}")
+
+    reporter = _Reporter(rq_job, settings.progress_interval)
+    in_main = threading.current_thread() is threading.main_thread()
+    in_horse = rq_job is not None and os.environ.get("RQ_JOB_ID") == rq_job.id
+    watcher = None
+    previous_handler = None
+    if rq_job is not None and in_main:
+        previous_handler = signal.signal(signal.SIGTERM, _raise_cancelled)
+        watcher = _CancelWatcher(rq_job.connection, rq_job.id, settings.cancel_grace, in_horse)
+        watcher.start()
+    _reporter = reporter
+    outcome: BaseException | None = None
+    result: Any = None
+    try:
+        result = spec.func(**job.args)
+        json.dumps(result)
+    except BaseException as exc:
+        outcome = exc
+    finally:
+        if watcher is not None:
+            watcher.done.set()
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+        _reporter = None
+        reporter.flush()
+    final_progress = reporter.latest
+
+    if outcome is None:
+        store.finish(job_id, attempt, JobStatus.COMPLETED, result=result, progress=final_progress)
+        return result
+    if isinstance(outcome, JobCancelled) or (watcher is not None and watcher.cancelled):
+        # The row was marked cancelled before the signal was sent; nothing to record.
+        raise JobCancelled(f"job {job_id} was cancelled")
+    error = describe_error(outcome)
+    if isinstance(outcome, TypeError) and "JSON serializable" in str(outcome):
+        error = f"result is not JSON: {outcome}"
+    if attempt <= job.retries:
+        next_id = queue.rq_job_id(job_id, attempt + 1)
+        if store.requeue_after_failure(job_id, attempt, error=error, progress=final_progress, task_id=next_id):
+            job.attempts = attempt
+            queue.enqueue([job])
+            raise outcome
+    store.finish(job_id, attempt, JobStatus.FAILED, error=error, progress=final_progress)
+    raise outcome
+
+
+def fail_attempt(task_id: str, reason: str) -> bool:
+    """Mark the row behind an RQ job failed when its process died without finishing it."""
+    from . import queue, store
+    from .models import JobStatus
+
+    parsed = queue.parse_rq_job_id(task_id)
+    if parsed is None:
+        return False
+    job_id, attempt = parsed
+    return store.finish(job_id, attempt, JobStatus.FAILED, error=reason)
