@@ -1,0 +1,241 @@
+"""Shared fixtures: a private Redis database, SQLite and PostgreSQL stores, real workers, the CLI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+REDIS_SERVER_URL = os.environ.get("JOBCTL_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+POSTGRES_ADMIN_URL = os.environ.get("JOBCTL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+LOCK_KEY = "jobctl:test-lock"
+TOKEN = f"{os.getpid()}-{uuid.uuid4().hex}"
+SKIPPED_BACKENDS: list[str] = []
+
+
+def _redis_server_answers() -> bool:
+    import redis
+
+    try:
+        redis.Redis.from_url(REDIS_SERVER_URL, socket_connect_timeout=1).ping()
+        return True
+    except redis.RedisError:
+        return False
+
+
+def _postgres_answers() -> bool:
+    import psycopg2
+
+    try:
+        psycopg2.connect(POSTGRES_ADMIN_URL, connect_timeout=2).close()
+        return True
+    except psycopg2.Error:
+        return False
+
+
+HAVE_REDIS = _redis_server_answers()
+HAVE_POSTGRES = _postgres_answers()
+if not HAVE_REDIS:
+    SKIPPED_BACKENDS.append(f"Redis server at {REDIS_SERVER_URL} (using the embedded Redis instead)")
+if not HAVE_POSTGRES:
+    SKIPPED_BACKENDS.append(f"PostgreSQL at {POSTGRES_ADMIN_URL} (PostgreSQL-backed tests skipped)")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if IN_CI and SKIPPED_BACKENDS:
+        pytest.exit("CI=true but these servers do not answer: " + "; ".join(SKIPPED_BACKENDS), returncode=4)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if SKIPPED_BACKENDS:
+        terminalreporter.write_sep("-", "backends not available")
+        for line in SKIPPED_BACKENDS:
+            terminalreporter.write_line(f"skipped: {line}")
+    else:
+        terminalreporter.write_line("backends: real Redis server and PostgreSQL server used")
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis database no other test run uses: the real server's, or the embedded server's."""
+    import redis
+
+    if not HAVE_REDIS:
+        from jobctl.embedded import ensure_embedded_redis
+
+        url = ensure_embedded_redis(tmp_path_factory.mktemp("embedded-redis"))
+        yield url
+        return
+    token = TOKEN
+    for db in range(1, 16):
+        conn = redis.Redis.from_url(f"{REDIS_SERVER_URL}/{db}")
+        if conn.set(LOCK_KEY, token, nx=True, ex=6 * 3600):
+            yield f"{REDIS_SERVER_URL}/{db}"
+            if conn.get(LOCK_KEY) == token.encode():
+                conn.flushdb()
+            conn.close()
+            return
+    pytest.fail("every Redis database 1-15 is claimed by another test run")
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL database created for this test run and dropped after it."""
+    if not HAVE_POSTGRES:
+        pytest.skip("PostgreSQL server not available")
+    import psycopg2
+
+    name = f"jobctl_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    admin = psycopg2.connect(POSTGRES_ADMIN_URL)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    with admin.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
+
+
+def reset_caches() -> None:
+    """Make jobctl re-read settings and reconnect."""
+    from jobctl import queue, store
+    from jobctl.config import get_settings
+
+    get_settings.cache_clear()
+    store.reset_engines()
+    queue.reset_connections()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each test using it runs on SQLite and on PostgreSQL."""
+    return str(request.param)
+
+
+@pytest.fixture
+def env(
+    backend: str, request: pytest.FixtureRequest, redis_url: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[dict[str, str]]:
+    """Environment for jobctl (this process and subprocesses): private Redis db, empty store."""
+    import redis
+
+    for name in list(os.environ):
+        if name.startswith(("JOBCTL_", "POSTGRES_", "REDIS_")) or name == "DATABASE_URL":
+            monkeypatch.delenv(name, raising=False)
+    data_dir = tmp_path / "data"
+    values = {
+        "JOBCTL_DATA_DIR": str(data_dir),
+        "REDIS_URL": redis_url,
+        "JOBCTL_TASKS": "tests.sample_tasks",
+        "JOBCTL_PROGRESS_INTERVAL": "0.05",
+        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+        "PYTHONUNBUFFERED": "1",
+    }
+    if backend == "postgres":
+        values["DATABASE_URL"] = request.getfixturevalue("postgres_url")
+    else:
+        values["DATABASE_URL"] = f"sqlite:///{data_dir / 'jobctl.db'}"
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    conn = redis.Redis.from_url(redis_url)
+    conn.flushdb()  # this run's own database only
+    conn.set(LOCK_KEY, TOKEN, ex=6 * 3600)
+    conn.close()
+    reset_caches()
+    from jobctl import store
+
+    if backend == "postgres":
+        store.upgrade_schema()
+        with store.begin() as conn:
+            conn.exec_driver_sql("TRUNCATE job RESTART IDENTITY")
+    yield dict(os.environ)
+    reset_caches()
+
+
+def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The current environment plus `extra`, for subprocesses."""
+    return {**os.environ, **(extra or {})}
+
+
+@pytest.fixture
+def run(env: dict[str, str]) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run `jobctl ARGS...` in a subprocess, as a user would."""
+
+    def _run(*args: str, input: str | None = None, timeout: float = 60, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "jobctl", *args],
+            input=input, capture_output=True, text=True, timeout=timeout, env=cli_env(extra),
+        )
+
+    return _run
+
+
+class WorkerProcess:
+    """A `jobctl worker` subprocess, stopped by its PID."""
+
+    def __init__(self, args: list[str], log: Path) -> None:
+        self.log_path = log
+        self._log = open(log, "w")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "jobctl", "worker", *args],
+            stdout=self._log, stderr=subprocess.STDOUT, env=cli_env(), start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def output(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)  # the worker and its work-horses
+                self.proc.wait(10)
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def start_worker(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start real `jobctl worker` processes; every one is stopped at the end of the test."""
+    started: list[WorkerProcess] = []
+
+    def _start(*args: str, wait: bool = True) -> WorkerProcess:
+        worker = WorkerProcess(list(args), tmp_path / f"worker-{len(started)}.log")
+        started.append(worker)
+        if wait:
+            wait_for(lambda: "Listening on" in worker.output() or worker.proc.poll() is not None, 30)
+        return worker
+
+    yield _start
+    for worker in started:
+        worker.stop(signal.SIGTERM, timeout=10)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20, interval: float = 0.05) -> Any:
+    """Poll until `predicate()` is truthy; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {getattr(predicate, '__name__', predicate)}")
+        time.sleep(interval)
