@@ -2,8 +2,24 @@
 
 from __future__ import annotations
 
-from .runtime import progress
-from .tasks import task
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 __all__ = ["__version__", "progress", "task"]
+
+if TYPE_CHECKING:
+    from .runtime import progress
+    from .tasks import task
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use so `jobctl --help` does not pay for settings and validation.
+    if name == "task":
+        from .tasks import task
+
+        return task
+    if name == "progress":
+        from .runtime import progress
+
+        return progress
+    raise AttributeError(f"module 'jobctl' has no attribute {name!r}")

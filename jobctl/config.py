@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     progress_interval: float = Field(0.25, ge=0, validation_alias=_env("JOBCTL_PROGRESS_INTERVAL"))
     reconcile_interval: float = Field(15.0, gt=0, validation_alias=_env("JOBCTL_RECONCILE_INTERVAL"))
     lost_after: float = Field(45.0, gt=0, validation_alias=_env("JOBCTL_LOST_AFTER"))
+    dashboard_username: str | None = Field(None, validation_alias=_env("JOBCTL_DASHBOARD_USERNAME"))
+    dashboard_password: str | None = Field(None, validation_alias=_env("JOBCTL_DASHBOARD_PASSWORD"))
 
     @property
     def task_modules(self) -> list[str]:

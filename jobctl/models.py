@@ -97,7 +97,23 @@ class Job(SQLModel, table=True):
 
 
 PUBLIC_FIELDS = (
-    "id", "name", "description", "task", "args", "queue", "status", "task_id", "progress", "result",
-    "error", "attempts", "retries", "timeout", "worker", "created_at", "updated_at", "started_at",
+    "id",
+    "name",
+    "description",
+    "task",
+    "args",
+    "queue",
+    "status",
+    "task_id",
+    "progress",
+    "result",
+    "error",
+    "attempts",
+    "retries",
+    "timeout",
+    "worker",
+    "created_at",
+    "updated_at",
+    "started_at",
     "completed_at",
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -55,7 +56,8 @@ def guarded(fn: Callable[P, T]) -> Callable[P, T]:
         try:
             return fn(*args, **kwargs)
         except (rexc.ConnectionError, rexc.TimeoutError, rexc.AuthenticationError, rexc.ResponseError) as exc:
-            if isinstance(exc, rexc.ResponseError) and "NOAUTH" not in str(exc) and "WRONGPASS" not in str(exc):
+            auth_failure = "NOAUTH" in str(exc) or "WRONGPASS" in str(exc)
+            if isinstance(exc, rexc.ResponseError) and not auth_failure:
                 raise
             raise redis_error(redis_url(), exc) from None
 
@@ -157,10 +159,8 @@ def discard(task_id: str) -> None:
     from rq.exceptions import InvalidJobOperation, NoSuchJobError
     from rq.job import Job as RQJob
 
-    try:
+    with contextlib.suppress(NoSuchJobError, InvalidJobOperation):
         RQJob.fetch(task_id, connection=get_redis(), serializer=serializer()).cancel()
-    except (NoSuchJobError, InvalidJobOperation):
-        pass
 
 
 @guarded

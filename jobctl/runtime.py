@@ -172,7 +172,10 @@ def run_job(job_id: int, attempt: int) -> Any:
         error = f"result is not JSON: {outcome}"
     if attempt <= job.retries:
         next_id = queue.rq_job_id(job_id, attempt + 1)
-        if store.requeue_after_failure(job_id, attempt, error=error, progress=final_progress, task_id=next_id):
+        requeued = store.requeue_after_failure(
+            job_id, attempt, error=error, progress=final_progress, task_id=next_id
+        )
+        if requeued:
             job.attempts = attempt
             queue.enqueue([job])
             raise outcome

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -99,10 +100,9 @@ def submit_jobs(requests: Sequence[JobRequest]) -> list[Job]:
         queue.enqueue(jobs)
     except BackendError as exc:
         ids = [j.id for j in jobs if j.id is not None]
-        try:
+        # If the database is down too, the reconciler enqueues pending rows that have no queue entry.
+        with contextlib.suppress(BackendError):
             store.fail_unqueued(ids, f"could not be queued: {exc}")
-        except BackendError:
-            pass  # the reconciler enqueues pending rows that have no queue entry
         raise
     return jobs
 
@@ -124,7 +124,7 @@ def parse_job_lines(lines: Iterable[str], defaults: JobRequest) -> list[JobReque
         if unknown:
             raise UsageError(f"line {number}: unknown field {sorted(unknown)[0]!r}")
         if "name" not in data:
-            raise UsageError(f"line {number}: missing \"name\"")
+            raise UsageError(f'line {number}: missing "name"')
         for key, kind in (("name", str), ("task", str), ("description", str), ("queue", str)):
             if key in data and not isinstance(data[key], kind):
                 raise UsageError(f"line {number}: {key!r} must be a string")
@@ -132,7 +132,7 @@ def parse_job_lines(lines: Iterable[str], defaults: JobRequest) -> list[JobReque
             if key in data and (isinstance(data[key], bool) or not isinstance(data[key], int | None)):
                 raise UsageError(f"line {number}: {key!r} must be an integer")
         if "args" in data and not isinstance(data["args"], dict):
-            raise UsageError(f"line {number}: \"args\" must be a JSON object")
+            raise UsageError(f'line {number}: "args" must be a JSON object')
         req = JobRequest(
             name=data["name"],
             task=data.get("task", defaults.task),
@@ -211,7 +211,9 @@ def list_jobs(
     valid = {s.value for s in JobStatus}
     for status in statuses:
         if status not in valid:
-            raise UsageError(f"unknown status {status!r} (choose from {', '.join(s.value for s in JobStatus)})")
+            raise UsageError(
+                f"unknown status {status!r} (choose from {', '.join(s.value for s in JobStatus)})"
+            )
     if not 1 <= limit <= 1000:
         raise UsageError(f"--limit must be between 1 and 1000, got {limit}")
     if not 0 <= offset <= MAX_ID:
@@ -270,7 +272,9 @@ def retry_job(job_id: int) -> Outcome:
     if job is None:
         return Outcome(job_id, False, f"job {job_id} not found", NotFoundError.exit_code)
     if not reopened:
-        return Outcome(job_id, False, f"cannot retry job {job_id}: it is {job.status}", RefusedError.exit_code)
+        return Outcome(
+            job_id, False, f"cannot retry job {job_id}: it is {job.status}", RefusedError.exit_code
+        )
     try:
         queue.enqueue([job])
     except BackendError as exc:

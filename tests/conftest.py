@@ -16,7 +16,9 @@ import pytest
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 REDIS_SERVER_URL = os.environ.get("JOBCTL_TEST_REDIS_URL", "redis://127.0.0.1:6379")
-POSTGRES_ADMIN_URL = os.environ.get("JOBCTL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+POSTGRES_ADMIN_URL = os.environ.get(
+    "JOBCTL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 LOCK_KEY = "jobctl:test-lock"
 TOKEN = f"{os.getpid()}-{uuid.uuid4().hex}"
 SKIPPED_BACKENDS: list[str] = []
@@ -124,7 +126,10 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def env(
-    backend: str, request: pytest.FixtureRequest, redis_url: str, tmp_path: Path,
+    backend: str,
+    request: pytest.FixtureRequest,
+    redis_url: str,
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[dict[str, str]]:
     """Environment for jobctl (this process and subprocesses): private Redis db, empty store."""
@@ -173,10 +178,16 @@ def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 def run(env: dict[str, str]) -> Callable[..., subprocess.CompletedProcess[str]]:
     """Run `jobctl ARGS...` in a subprocess, as a user would."""
 
-    def _run(*args: str, input: str | None = None, timeout: float = 60, **extra: str) -> subprocess.CompletedProcess[str]:
+    def _run(
+        *args: str, input: str | None = None, timeout: float = 60, **extra: str
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "jobctl", *args],
-            input=input, capture_output=True, text=True, timeout=timeout, env=cli_env(extra),
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=cli_env(extra),
         )
 
     return _run
@@ -190,7 +201,10 @@ class WorkerProcess:
         self._log = open(log, "w")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "jobctl", "worker", *args],
-            stdout=self._log, stderr=subprocess.STDOUT, env=cli_env(), start_new_session=True,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=cli_env(),
+            start_new_session=True,
         )
 
     @property
@@ -239,3 +253,32 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20, interval: float 
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {getattr(predicate, '__name__', predicate)}")
         time.sleep(interval)
+
+
+class CliResult:
+    """What a user sees from one command: exit code, stdout, stderr."""
+
+    def __init__(self, exit_code: int, stdout: str, stderr: str) -> None:
+        self.exit_code = exit_code
+        self.returncode = exit_code
+        self.stdout = stdout
+        self.stderr = stderr
+
+    def __repr__(self) -> str:
+        return f"CliResult(exit_code={self.exit_code}, stdout={self.stdout!r}, stderr={self.stderr!r})"
+
+
+@pytest.fixture
+def cli(env: dict[str, str]) -> Callable[..., CliResult]:
+    """Run `jobctl ARGS...` in this process (fast), with the same error handling as the real entry point."""
+    from typer.testing import CliRunner
+
+    from jobctl.cli import app
+
+    runner = CliRunner()
+
+    def _cli(*args: str, input: str | None = None) -> CliResult:
+        result = runner.invoke(app, list(args), input=input, catch_exceptions=False)
+        return CliResult(result.exit_code, result.stdout, result.stderr)
+
+    return _cli

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from . import app
+
+if TYPE_CHECKING:
+    from ..service import Outcome
 
 
 def _read_lines(source: str) -> list[str]:
@@ -31,13 +34,18 @@ def submit(
         typer.Option("-a", "--arg", help="Task argument KEY=VALUE (JSON when it parses); repeatable."),
     ] = None,
     description: Annotated[str, typer.Option("-d", "--description", help="Free text.")] = "",
-    queue: Annotated[str | None, typer.Option("-q", "--queue", help="Queue (default: JOBCTL_DEFAULT_QUEUE).")] = None,
+    queue: Annotated[
+        str | None, typer.Option("-q", "--queue", help="Queue (default: JOBCTL_DEFAULT_QUEUE).")
+    ] = None,
     timeout: Annotated[int | None, typer.Option("--timeout", help="Hard time limit in seconds.")] = None,
     retries: Annotated[int, typer.Option("--retries", help="Extra attempts after a failure.")] = 0,
     from_file: Annotated[
         str | None, typer.Option("--from", help="JSON Lines file of jobs to submit ('-' for stdin).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the job object(s) as JSON.")] = False,
+    watch: Annotated[
+        bool, typer.Option("-w", "--watch", help="Then watch the new job(s) and exit with watch's code.")
+    ] = False,
 ) -> None:
     """Store a pending job, put it on its queue, and print its id."""
     from .. import service
@@ -67,6 +75,13 @@ def submit(
         print_json(data if from_file is not None else data[0])
     else:
         sys.stdout.write("".join(f"{j.id}\n" for j in jobs))
+    if watch:
+        from .watch import watch_jobs
+
+        sys.stdout.flush()
+        code = watch_jobs([j.id for j in jobs if j.id is not None])
+        if code:
+            raise typer.Exit(code)
 
 
 @app.command("list")
@@ -79,14 +94,25 @@ def list_(
     limit: Annotated[int, typer.Option("--limit", help="At most this many jobs (1-1000).")] = 100,
     offset: Annotated[int, typer.Option("--offset", help="Skip this many jobs.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print an array of job objects.")] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh the table in place until Ctrl-C.")] = False,
 ) -> None:
     """List jobs, newest first."""
     from .. import service
     from .render import jobs_table, print_json, stdout
 
-    views = service.list_jobs(
-        statuses=[s.lower() for s in status or []], task=task, queue_name=queue, limit=limit, offset=offset
-    )
+    def fetch() -> list[service.JobView]:
+        return service.list_jobs(
+            statuses=[s.lower() for s in status or []], task=task, queue_name=queue, limit=limit, offset=offset
+        )
+
+    if watch:
+        from ..errors import UsageError
+        from .watch import watch_list
+
+        if as_json:
+            raise UsageError("--watch draws the table; it cannot be combined with --json")
+        raise typer.Exit(watch_list(fetch))
+    views = fetch()
     if as_json:
         print_json([v.to_public() for v in views])
     elif views:
@@ -111,7 +137,7 @@ def show(
         stdout().print(job_detail(view))
 
 
-def _report(outcomes: list) -> None:  # type: ignore[type-arg]
+def _report(outcomes: list[Outcome]) -> None:
     from .. import service
 
     for outcome in outcomes:

@@ -92,8 +92,13 @@ def jobs_table(views: list[JobView]) -> Table:
     """The `jobctl list` table."""
     table = Table(box=None, pad_edge=False, header_style="bold")
     for column in ("ID", "NAME", "TASK", "STATUS", "PROGRESS", "CREATED", "DURATION"):
-        table.add_column(column, justify="right" if column in ("ID", "PROGRESS") else "left",
-                         overflow="ellipsis", no_wrap=True, max_width=40 if column == "NAME" else None)
+        table.add_column(
+            column,
+            justify="right" if column in ("ID", "PROGRESS") else "left",
+            overflow="ellipsis",
+            no_wrap=True,
+            max_width=40 if column == "NAME" else None,
+        )
     now = datetime.now(UTC)
     for view in views:
         job = view.job

@@ -14,7 +14,9 @@ app.add_typer(db_app, name="db")
 
 @app.command()
 def health(
-    timeout: Annotated[float, typer.Option("--timeout", min=0.1, max=3600, help="Seconds to wait for a worker.")] = 10.0,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=0.1, max=3600, help="Seconds to wait for a worker.")
+    ] = 10.0,
 ) -> None:
     """Check the database, Redis and a round trip through a worker; exit 0 only if all pass."""
     from .. import service
