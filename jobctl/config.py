@@ -115,4 +115,13 @@ def mask_url(url: str) -> str:
 @functools.cache
 def get_settings() -> Settings:
     """The process's settings, read once on first use."""
-    return Settings()
+    from pydantic import ValidationError
+
+    from .errors import UsageError
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = str(error["loc"][0]) if error.get("loc") else "?"
+        raise UsageError(f"invalid setting {name}: {error['msg']} (got {error.get('input')!r})") from None

@@ -25,7 +25,9 @@ STATUS_STYLE = {
 
 def stdout() -> Console:
     """A console on stdout that never interprets markup or highlights data."""
-    return Console(markup=False, highlight=False, emoji=False, soft_wrap=False)
+    # Piped output is not cut to 80 columns: scripts and grep see whole rows.
+    width = None if sys.stdout.isatty() else 1000
+    return Console(markup=False, highlight=False, emoji=False, soft_wrap=False, width=width)
 
 
 def stderr() -> Console:
