@@ -23,6 +23,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 _engines: dict[tuple[int, str], Engine] = {}
+_schema_checked: set[str] = set()
 JOB = Job.__table__  # type: ignore[attr-defined]
 
 
@@ -103,7 +104,9 @@ def get_engine() -> Engine:
                 inherited.dispose(close=False)
                 del _engines[(pid, other_url)]
         engine = make_engine(url)
-        _ensure_schema(engine, url)
+        if url not in _schema_checked:  # a forked work-horse trusts its parent's check
+            _ensure_schema(engine, url)
+            _schema_checked.add(url)
         _engines[key] = engine
     return engine
 
@@ -113,6 +116,7 @@ def reset_engines() -> None:
     for engine in _engines.values():
         engine.dispose()
     _engines.clear()
+    _schema_checked.clear()
 
 
 def _ensure_schema(engine: Engine, url: str) -> None:

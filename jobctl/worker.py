@@ -51,6 +51,15 @@ class JobctlWorker(Worker):
             raise
 
 
+def _preload() -> None:
+    """Import and check everything a job needs once, so each forked work-horse starts warm."""
+    from . import store
+    from .tasks import load_task_modules
+
+    load_task_modules(get_settings().task_modules)
+    store.get_engine()  # imports SQLAlchemy and verifies the schema before any fork
+
+
 @guarded
 def run_workers(
     queues: list[str], *, concurrency: int = 1, burst: bool = False, max_jobs: int | None = None
@@ -60,6 +69,7 @@ def run_workers(
     names = queue_names(queues)
     conn = get_redis()
     conn.ping()
+    _preload()
     worker_class = type(
         "JobctlWorker", (JobctlWorker,), {"default_max_jobs": max_jobs or settings.worker_max_jobs}
     )

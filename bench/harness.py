@@ -1,0 +1,139 @@
+"""Shared set-up for the benchmarks: private Redis database, SQLite or PostgreSQL store, workers."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+REDIS_SERVER = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
+POSTGRES_ADMIN = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+LOCK_KEY = "jobctl:test-lock"
+
+
+@contextlib.contextmanager
+def redis_db() -> Iterator[str]:
+    """Claim a free Redis database (1-15) for the run; flushed and released afterwards."""
+    import redis
+
+    token = f"bench-{os.getpid()}-{uuid.uuid4().hex}"
+    for db in range(15, 0, -1):
+        conn = redis.Redis.from_url(f"{REDIS_SERVER}/{db}")
+        if conn.set(LOCK_KEY, token, nx=True, ex=3 * 3600):
+            try:
+                yield f"{REDIS_SERVER}/{db}"
+            finally:
+                conn.flushdb()
+            return
+    raise SystemExit("no free Redis database")
+
+
+@contextlib.contextmanager
+def database(kind: str, data_dir: Path) -> Iterator[str]:
+    """A fresh SQLite file or PostgreSQL database, schema applied."""
+    if kind == "sqlite":
+        yield f"sqlite:///{data_dir / 'jobctl.db'}"
+        return
+    import psycopg2
+
+    name = f"jobctl_bench_{uuid.uuid4().hex[:8]}"
+    admin = psycopg2.connect(POSTGRES_ADMIN)
+    admin.autocommit = True
+    admin.cursor().execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield POSTGRES_ADMIN.rsplit("/", 1)[0] + "/" + name
+    finally:
+        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@contextlib.contextmanager
+def environment(kind: str) -> Iterator[dict[str, str]]:
+    """Environment variables for jobctl on a private Redis db and a fresh store; applied to this process."""
+    with tempfile.TemporaryDirectory(prefix="jobctl-bench-") as tmp, redis_db() as redis_url:
+        data_dir = Path(tmp)
+        with database(kind, data_dir) as db_url:
+            env = {
+                "REDIS_URL": redis_url,
+                "DATABASE_URL": db_url,
+                "JOBCTL_DATA_DIR": str(data_dir),
+                "JOBCTL_TASKS": "bench.tasks",
+                "PYTHONPATH": str(ROOT),
+            }
+            saved = {k: os.environ.get(k) for k in env}
+            os.environ.update(env)
+            reset()
+            if kind != "sqlite":
+                from jobctl import store
+
+                store.upgrade_schema()
+            try:
+                yield {**os.environ}
+            finally:
+                reset()
+                for key, value in saved.items():
+                    if value is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = value
+
+
+def reset() -> None:
+    """Drop cached settings, engines and connections."""
+    from jobctl import queue, store
+    from jobctl.config import get_settings
+
+    get_settings.cache_clear()
+    store.reset_engines()
+    queue.reset_connections()
+
+
+def start(cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start a process in its own session, output discarded."""
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a process this benchmark started, by its PID."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+def jobctl(*args: str) -> list[str]:
+    """The command line of `jobctl ARGS...` in this interpreter."""
+    return [sys.executable, "-m", "jobctl", *args]
+
+
+def wait_until(predicate, timeout: float = 60, interval: float = 0.002) -> None:  # type: ignore[no-untyped-def]
+    """Poll until `predicate()` is true."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("benchmark condition not reached")
+        time.sleep(interval)
+
+
+def median(values: list[float]) -> float:
+    """The median."""
+    return statistics.median(values)
+
+
+def p95(values: list[float]) -> float:
+    """The 95th percentile."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
