@@ -53,6 +53,9 @@ TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED
 ACTIVE = frozenset({JobStatus.PENDING, JobStatus.PROCESSING})
 
 
+UNIQUE_ACTIVE_WHERE = "unique_key IS NOT NULL AND status IN ('pending', 'processing')"
+
+
 class Job(SQLModel, table=True):
     """One submitted job: the durable record of what was asked and what happened."""
 
@@ -61,6 +64,14 @@ class Job(SQLModel, table=True):
         sa.Index("ix_job_status_id", "status", "id"),
         sa.Index("ix_job_task_id_order", "task", "id"),
         sa.Index("ix_job_queue_id", "queue", "id"),
+        # At most one active job per unique key (an idempotency token for scripts).
+        sa.Index(
+            "ux_job_unique_key_active",
+            "unique_key",
+            unique=True,
+            sqlite_where=sa.text(UNIQUE_ACTIVE_WHERE),
+            postgresql_where=sa.text(UNIQUE_ACTIVE_WHERE),
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -82,6 +93,27 @@ class Job(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow, sa_column=sa.Column(UTCDateTime, nullable=False))
     started_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime, nullable=True))
     completed_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime, nullable=True))
+    # Job control (migration 0002): when the next attempt is due, what it waits for, how it is retried.
+    scheduled_for: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime, nullable=True))
+    priority: str = Field(
+        default="normal", sa_column=sa.Column(sa.String(8), nullable=False, server_default="normal")
+    )
+    at_front: bool = Field(
+        default=False, sa_column=sa.Column(sa.Boolean, nullable=False, server_default=sa.false())
+    )
+    depends_on: list[int] | None = Field(default=None, sa_column=sa.Column(sa.JSON, nullable=True))
+    depends_on_any: list[int] | None = Field(default=None, sa_column=sa.Column(sa.JSON, nullable=True))
+    blocked: bool = Field(
+        default=False, sa_column=sa.Column(sa.Boolean, nullable=False, server_default=sa.false())
+    )
+    retry_delay: dict[str, Any] | None = Field(default=None, sa_column=sa.Column(sa.JSON, nullable=True))
+    retry_on: list[str] | None = Field(default=None, sa_column=sa.Column(sa.JSON, nullable=True))
+    soft_timeout: int | None = Field(default=None, sa_column=sa.Column(sa.Integer, nullable=True))
+    unique_key: str | None = Field(default=None, sa_column=sa.Column(sa.String(255), nullable=True))
+    attempt_errors: list[dict[str, Any]] | None = Field(
+        default=None, sa_column=sa.Column(sa.JSON, nullable=True)
+    )
+    schedule: str | None = Field(default=None, sa_column=sa.Column(sa.String(255), nullable=True))
 
     @property
     def job_status(self) -> JobStatus:
@@ -116,4 +148,51 @@ PUBLIC_FIELDS = (
     "updated_at",
     "started_at",
     "completed_at",
+    "scheduled_for",
+    "priority",
+    "at_front",
+    "depends_on",
+    "depends_on_any",
+    "blocked",
+    "retry_delay",
+    "retry_on",
+    "soft_timeout",
+    "unique_key",
+    "attempt_errors",
+    "schedule",
 )
+
+
+class JobDependency(SQLModel, table=True):
+    """An unresolved wait: `job_id` may not start before `depends_on_id` ends (rows go once resolved)."""
+
+    __tablename__ = "job_dependency"
+
+    job_id: int = Field(sa_column=sa.Column(sa.Integer, primary_key=True))
+    depends_on_id: int = Field(sa_column=sa.Column(sa.Integer, primary_key=True, index=True))
+    any_outcome: bool = Field(
+        default=False, sa_column=sa.Column(sa.Boolean, nullable=False, server_default=sa.false())
+    )
+
+
+class Schedule(SQLModel, table=True):
+    """A recurring job: a cron expression or an interval, and the job each firing creates."""
+
+    __tablename__ = "schedule"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(sa_column=sa.Column(sa.String(255), nullable=False, unique=True))
+    cron: str | None = Field(default=None, sa_column=sa.Column(sa.String(255), nullable=True))
+    every: int | None = Field(default=None, sa_column=sa.Column(sa.Integer, nullable=True))
+    timezone: str = Field(default="UTC", sa_column=sa.Column(sa.String(64), nullable=False))
+    task: str = Field(sa_column=sa.Column(sa.String(255), nullable=False))
+    args: dict[str, Any] = Field(default_factory=dict, sa_column=sa.Column(sa.JSON, nullable=False))
+    options: dict[str, Any] = Field(default_factory=dict, sa_column=sa.Column(sa.JSON, nullable=False))
+    enabled: bool = Field(
+        default=True, sa_column=sa.Column(sa.Boolean, nullable=False, server_default=sa.true())
+    )
+    next_run_at: datetime = Field(sa_column=sa.Column(UTCDateTime, nullable=False, index=True))
+    last_run_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime, nullable=True))
+    last_job_id: int | None = Field(default=None, sa_column=sa.Column(sa.Integer, nullable=True))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=sa.Column(UTCDateTime, nullable=False))
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=sa.Column(UTCDateTime, nullable=False))
