@@ -196,3 +196,17 @@ class Schedule(SQLModel, table=True):
     last_job_id: int | None = Field(default=None, sa_column=sa.Column(sa.Integer, nullable=True))
     created_at: datetime = Field(default_factory=utcnow, sa_column=sa.Column(UTCDateTime, nullable=False))
     updated_at: datetime = Field(default_factory=utcnow, sa_column=sa.Column(UTCDateTime, nullable=False))
+
+
+class JobLog(SQLModel, table=True):
+    """The captured output of one attempt of a job: its last JOBCTL_LOG_MAX_BYTES (see logs.py)."""
+
+    __tablename__ = "job_log"
+
+    job_id: int = Field(
+        sa_column=sa.Column(sa.Integer, sa.ForeignKey("job.id", ondelete="CASCADE"), primary_key=True)
+    )
+    attempt: int = Field(sa_column=sa.Column(sa.Integer, primary_key=True, autoincrement=False))
+    text: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+    dropped: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False, server_default="0"))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=sa.Column(UTCDateTime, nullable=False))

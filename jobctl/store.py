@@ -17,7 +17,7 @@ from .config import get_settings, mask_url
 from .errors import BackendError
 from .models import ACTIVE, TERMINAL, Job, JobStatus, utcnow
 
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0003"
 
 P = ParamSpec("P")
 T = TypeVar("T")
