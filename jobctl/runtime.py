@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -112,8 +113,73 @@ def describe_error(exc: BaseException) -> str:
     return f"{summary}\n\n{tb}"
 
 
+class _Heartbeat:
+    """Keeps the running attempt's liveness key fresh until its outcome is recorded (see liveness.py)."""
+
+    def __init__(self) -> None:
+        self.stopped = threading.Event()
+        self.rq_id: str | None = None
+
+    def start(self, rq_id: str, lost_after: float) -> None:
+        from . import liveness, queue
+
+        self.rq_id = rq_id
+        try:
+            conn = queue.get_redis()
+            liveness.beat_job(conn, rq_id, lost_after)
+        except Exception as exc:  # Redis down: the reconciler waits for heartbeats to come back
+            log.warning("could not write the heartbeat of %s: %s", rq_id, exc)
+
+        def beat() -> None:
+            while not self.stopped.wait(liveness.beat_interval(lost_after)):
+                try:
+                    liveness.beat_job(queue.get_redis(), rq_id, lost_after)
+                except Exception:
+                    continue
+
+        threading.Thread(target=beat, name="jobctl-heartbeat", daemon=True).start()
+
+    def stop(self) -> None:
+        from . import liveness, queue
+
+        self.stopped.set()
+        if self.rq_id is not None:
+            with contextlib.suppress(Exception):  # otherwise the key expires by itself
+                liveness.end_job(queue.get_redis(), self.rq_id)
+
+
+FINAL_WRITE_DELAYS = (0.5, 1.0, 2.0, 4.0, 4.0, 4.0)
+
+
+def _durably(write: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a final write, retrying while the database is unreachable; None if it never answered.
+
+    The RQ job then ends with the outcome (result or exception), and the reconciler records it.
+    """
+    from .errors import BackendError
+
+    for delay in (*FINAL_WRITE_DELAYS, None):
+        try:
+            return write(*args, **kwargs)
+        except BackendError as exc:
+            if delay is None:
+                log.error("could not record the outcome (%s); leaving it to reconciliation", exc)
+                return None
+            log.warning("could not record the outcome (%s); retrying in %gs", exc, delay)
+            time.sleep(delay)
+    return None
+
+
 def run_job(job_id: int, attempt: int) -> Any:
     """The one function RQ runs for jobctl: claim the row, run its task, record the outcome."""
+    heartbeat = _Heartbeat()
+    try:
+        return _run_claimed(job_id, attempt, heartbeat)
+    finally:
+        heartbeat.stop()
+
+
+def _run_claimed(job_id: int, attempt: int, heartbeat: _Heartbeat) -> Any:
     global _reporter
     from rq import get_current_job
 
@@ -128,6 +194,7 @@ def run_job(job_id: int, attempt: int) -> Any:
     if job is None:
         log.info("job %s attempt %s is no longer pending; not running it", job_id, attempt)
         return None
+    heartbeat.start(queue.rq_job_id(job_id, attempt), settings.lost_after)
 
     load_task_modules(settings.task_modules)
     spec = get_task(job.task)
@@ -162,7 +229,7 @@ def run_job(job_id: int, attempt: int) -> Any:
     final_progress = reporter.latest
 
     if outcome is None:
-        store.finish(job_id, attempt, JobStatus.COMPLETED, result=result, progress=final_progress)
+        _durably(store.finish, job_id, attempt, JobStatus.COMPLETED, result=result, progress=final_progress)
         return result
     if isinstance(outcome, JobCancelled) or (watcher is not None and watcher.cancelled):
         # The row was marked cancelled before the signal was sent; nothing to record.
@@ -172,14 +239,21 @@ def run_job(job_id: int, attempt: int) -> Any:
         error = f"result is not JSON: {outcome}"
     if attempt <= job.retries:
         next_id = queue.rq_job_id(job_id, attempt + 1)
-        requeued = store.requeue_after_failure(
-            job_id, attempt, error=error, progress=final_progress, task_id=next_id
+        requeued = _durably(
+            store.requeue_after_failure,
+            job_id,
+            attempt,
+            error=error,
+            progress=final_progress,
+            task_id=next_id,
         )
+        if requeued is None:
+            raise outcome  # not recorded: the reconciler retries or fails it from RQ's failure
         if requeued:
             job.attempts = attempt
             queue.enqueue([job])
             raise outcome
-    store.finish(job_id, attempt, JobStatus.FAILED, error=error, progress=final_progress)
+    _durably(store.finish, job_id, attempt, JobStatus.FAILED, error=error, progress=final_progress)
     raise outcome
 
 

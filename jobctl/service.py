@@ -309,7 +309,7 @@ def _timed(name: str, fn: Any) -> Check:
 
 
 def health(timeout: float = 10.0) -> list[Check]:
-    """Check the database, Redis, and a round trip through a worker."""
+    """Check the database and Redis, reconcile them, and make a round trip through a worker."""
     settings = get_settings()
 
     def database() -> str:
@@ -337,10 +337,17 @@ def health(timeout: float = 10.0) -> list[Check]:
         cancel_job(job.id)
         raise RefusedError(f"no worker finished job {job.id} within {timeout:g}s")
 
+    def reconcile() -> str:
+        from .reconcile import run_pass
+
+        return run_pass().summary()
+
     checks = [_timed("database", database), _timed("redis", redis)]
     if all(c.ok for c in checks):
+        checks.append(_timed("reconcile", reconcile))
         checks.append(_timed("worker", worker))
     else:
+        checks.append(Check("reconcile", False, "skipped: a backend is down", 0.0))
         checks.append(Check("worker", False, "skipped: a backend is down", 0.0))
     return checks
 

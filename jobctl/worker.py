@@ -2,52 +2,232 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import random
 import signal
+import threading
+import time
 from typing import Any
 
+import redis
 from rq import Worker
+from rq.exceptions import DeserializationError
+from rq.utils import now
 from rq.worker_pool import WorkerPool
 
+from . import liveness
 from .config import get_settings
 from .queue import DISPATCH, get_queue, get_redis, guarded, queue_names, serializer
 from .runtime import fail_attempt
 
+log = logging.getLogger("jobctl.worker")
+REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+class _Monitor(threading.Thread):
+    """In the worker's own process (threads do not survive into work-horses): the worker's heartbeat,
+    and a reconciliation pass every JOBCTL_RECONCILE_INTERVAL (jittered so workers do not line up)."""
+
+    def __init__(self, worker: JobctlWorker) -> None:
+        super().__init__(name="jobctl-monitor", daemon=True)
+        self.worker = worker
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        from . import reconcile
+
+        settings = get_settings()
+        next_pass = time.monotonic() + random.uniform(0.1, 1.0) * settings.reconcile_interval
+        while not self.stopped.is_set():
+            try:
+                self.beat(settings.lost_after)
+            except Exception as exc:  # Redis down: the work loop waits for it; so does this
+                log.debug("heartbeat not written: %s", exc)
+            if time.monotonic() >= next_pass:
+                next_pass = time.monotonic() + random.uniform(0.75, 1.0) * settings.reconcile_interval
+                try:
+                    reconcile.run_pass()
+                except Exception as exc:
+                    log.warning("reconciliation pass failed: %s", exc)
+            self.stopped.wait(liveness.beat_interval(settings.lost_after))
+
+    def beat(self, lost_after: float) -> None:
+        worker = self.worker
+        conn = get_redis()
+        liveness.beat_worker(conn, worker.name, worker.jobctl_current, lost_after)
+        if worker.birth_date is not None and not conn.hexists(worker.key, "birth"):
+            worker.register_again()  # Redis restarted without its data and forgot this worker
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(5)
+        with contextlib.suppress(Exception):
+            liveness.end_worker(get_redis(), self.worker.name)
+
 
 class JobctlWorker(Worker):
-    """RQ's forking worker, refusing foreign functions and recording deaths RQ does not report to jobs."""
+    """RQ's forking worker that refuses foreign jobs, records deaths RQ does not report to jobs,
+    survives Redis outages, and carries jobctl's heartbeat and reconciliation."""
 
     default_max_jobs: int | None = None
+    max_connection_wait_time = 5.0  # RQ waits up to 60 s between reconnection attempts
+    jobctl_current: str | None = None
+    _redis_lost = False
+    _jobs_done = 0
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
         if kwargs.get("max_jobs") is None and self.default_max_jobs:
             kwargs["max_jobs"] = self.default_max_jobs
         kwargs["with_scheduler"] = True
-        return super().work(*args, **kwargs)
+        max_jobs = kwargs.get("max_jobs")
+        monitor = _Monitor(self)
+        monitor.start()
+        worked = False
+        try:
+            while True:
+                self._redis_lost = False
+                try:
+                    worked = super().work(*args, **kwargs) or worked
+                except REDIS_DOWN:  # raised while registering its death
+                    self._redis_lost = True
+                    with contextlib.suppress(Exception):
+                        self.unsubscribe()
+                if not self._redis_lost or self._shutdown_requested_date is not None:
+                    return worked
+                if max_jobs is not None:
+                    kwargs["max_jobs"] = max_jobs - self._jobs_done
+                    if kwargs["max_jobs"] <= 0:
+                        return worked
+                if not self._wait_for_redis():
+                    return worked
+                with contextlib.suppress(*REDIS_DOWN):
+                    self.connection.delete(self.key)  # our own registration from before the outage
+        finally:
+            monitor.stop()
+
+    def _wait_for_redis(self) -> bool:
+        """Wait until Redis answers again; False if a stop signal came first."""
+        stop = threading.Event()
+        previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+        self.log.warning("Worker %s: Redis is unreachable; waiting for it to come back", self.name)
+        try:
+            delay = 0.5
+            while not stop.is_set():
+                try:
+                    self.connection.ping()
+                    self.log.warning("Worker %s: Redis is back; carrying on", self.name)
+                    return True
+                except REDIS_DOWN:
+                    stop.wait(delay)
+                    delay = min(delay * 2, self.max_connection_wait_time)
+            return False
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _noting_redis_loss(self, method: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except REDIS_DOWN:
+            self._redis_lost = True
+            raise
+
+    def check_for_suspension(self, burst: bool) -> None:
+        self._noting_redis_loss(super().check_for_suspension, burst)
+
+    def run_maintenance_tasks(self) -> None:
+        self._noting_redis_loss(super().run_maintenance_tasks)
+
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
+        return self._noting_redis_loss(super().dequeue_job_and_maintain_ttl, timeout, max_idle_time)
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        self._noting_redis_loss(super().heartbeat, timeout, pipeline)
+
+    def register_again(self) -> None:
+        """Write this worker's registration again (after Redis lost it)."""
+        from rq import worker_registration
+
+        with self.connection.pipeline() as pipe:
+            pipe.hset(self.key, mapping=self.serialize())
+            worker_registration.register(self, pipe)
+            pipe.expire(self.key, self.worker_ttl + 60)
+            pipe.execute()
+
+    @staticmethod
+    def refusal(job: Any) -> str | None:
+        """Why this worker must not run `job`, or None. Nothing the job names is imported or unpickled."""
+        try:
+            func_name, instance, args, kwargs = job.func_name, job.instance, job.args, job.kwargs
+        except DeserializationError:
+            return "its payload is not JSON (jobctl never loads pickled data)"
+        if func_name != DISPATCH:
+            return f"{func_name!r} is not jobctl's dispatch function"
+        callbacks = (job._success_callback_name, job._failure_callback_name, job._stopped_callback_name)
+        if instance is not None or any(callbacks):
+            return "it names an object or callbacks, which jobctl never enqueues"
+        if kwargs or len(args) != 2 or not all(type(a) is int for a in args):
+            return "its arguments are not (job id, attempt)"
+        return None
 
     def execute_job(self, job: Any, queue: Any) -> None:
-        if job.func_name != DISPATCH:
-            self.log.error("refusing job %s: %r is not jobctl's dispatch function", job.id, job.func_name)
-            self.handle_job_failure(
-                job, queue=queue, exc_string=f"refused: {job.func_name!r} is not jobctl's dispatch function"
-            )
+        refusal = self.refusal(job)
+        if refusal is not None:
+            self.log.error("refusing job %s: %s", job.id, refusal)
+            self.handle_job_failure(job, queue=queue, exc_string=f"refused: {refusal}")
             return
-        super().execute_job(job, queue)
+        self.jobctl_current = job.id
+        try:
+            super().execute_job(job, queue)
+        except REDIS_DOWN:
+            self._redis_lost = True
+            self._reap_horse_without_redis(job)
+            raise
+        finally:
+            self.jobctl_current = None
+            self._jobs_done += 1
+
+    def _reap_horse_without_redis(self, job: Any) -> None:
+        """Redis failed while a horse ran: wait for the horse, and record its death if it was killed."""
+        if not self.horse_pid:
+            return
+        _, status, _ = self.wait_for_horse()
+        self._horse_pid = 0
+        if status is not None and os.WIFSIGNALED(status):
+            self.handle_work_horse_killed(job, None, status, None)
 
     def handle_work_horse_killed(self, job: Any, retpid: Any, ret_val: Any, rusage: Any) -> None:
+        from . import reconcile
+
         reason = "the job's process died"
         if ret_val and os.WIFSIGNALED(ret_val):
-            reason += f" (killed by {signal.Signals(os.WTERMSIG(ret_val)).name})"
-        fail_attempt(job.id, reason)
-        super().handle_work_horse_killed(job, retpid, ret_val, rusage)
+            try:
+                reason += f" (killed by {signal.Signals(os.WTERMSIG(ret_val)).name})"
+            except ValueError:
+                reason += f" (killed by signal {os.WTERMSIG(ret_val)})"
+        elif ret_val is None and job.timeout and job.started_at:
+            elapsed = (now() - job.started_at).total_seconds()
+            if elapsed >= job.timeout:
+                reason = f"timed out after {job.timeout} s: the job's process did not stop and was killed"
+        try:
+            reconcile.settle_attempt(job.id, reason)
+        except Exception as exc:  # database down: reconciliation records it from RQ's failure later
+            self.log.warning("job %s: could not record its death (%s)", job.id, exc)
+        with contextlib.suppress(*REDIS_DOWN):
+            super().handle_work_horse_killed(job, retpid, ret_val, rusage)
 
     def request_force_stop(self, signum: int, frame: Any) -> None:
-        current = self.get_current_job_id() if self.horse_pid else None
+        current = self.jobctl_current if self.horse_pid else None
         try:
             super().request_force_stop(signum, frame)
         except SystemExit:
             if current:
-                fail_attempt(current, "the worker was stopped before the job finished (cold shutdown)")
+                try:
+                    fail_attempt(current, "the worker was stopped before the job finished (cold shutdown)")
+                except Exception as exc:  # the reconciler finds the job once the heartbeats expire
+                    self.log.warning("job %s: could not record the cold shutdown (%s)", current, exc)
             raise
 
 
