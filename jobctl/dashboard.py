@@ -10,6 +10,7 @@ import re
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -126,12 +127,18 @@ def _host_name(host_header: str) -> str:
 
 def create_app(redis_url: str, username: str | None = None, password: str | None = None) -> Flask:
     """rq-dashboard as a Flask app on `redis_url`, JSON only, with Basic auth when credentials are given."""
+    import rq_dashboard
     from flask import Flask, Response, request
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from rq.exceptions import NoSuchJobError
     from rq_dashboard import default_settings
     from rq_dashboard.web import blueprint, setup_rq_connection
 
+    from .config import mask_url
+
     _use_json_only()
-    app = Flask("jobctl.dashboard")
+    # its templates link `static` files of the app, not of the blueprint
+    app = Flask("jobctl.dashboard", static_folder=str(Path(rq_dashboard.__file__).parent / "static"))
     app.config.from_object(default_settings)
     app.config["RQ_DASHBOARD_REDIS_URL"] = redis_url
     # Deleting or emptying in Redis would go behind the SQL record's back; `jobctl cancel` is the way.
@@ -171,6 +178,14 @@ def create_app(redis_url: str, username: str | None = None, password: str | None
         response.headers.setdefault("X-Frame-Options", "DENY")
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         return response
+
+    @app.errorhandler(NoSuchJobError)
+    def no_such_job(exc: Exception) -> Response:
+        return refuse(404, "No such job in Redis: it may have expired; `jobctl show ID` keeps its record.")
+
+    @app.errorhandler(RedisConnectionError)
+    def redis_down(exc: Exception) -> Response:
+        return refuse(503, f"Cannot reach Redis at {mask_url(redis_url)}.")
 
     app.register_blueprint(blueprint)
     setup_rq_connection(app)

@@ -282,3 +282,61 @@ def cli(env: dict[str, str]) -> Callable[..., CliResult]:
         return CliResult(result.exit_code, result.stdout, result.stderr)
 
     return _cli
+
+
+class BackgroundProcess:
+    """A long-running command (server, worker) with its output in a file, stopped by its PID."""
+
+    def __init__(self, cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None):
+        self.log_path = log
+        self._log = open(log, "w")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env or cli_env(),
+            cwd=cwd,
+            start_new_session=True,
+        )
+
+    def output(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_for_output(self, text: str, timeout: float = 30) -> str:
+        """Wait until `text` appears in the output (fail early if the process exits)."""
+
+        def seen() -> bool:
+            if self.proc.poll() is not None and text not in self.output():
+                pytest.fail(f"{self.proc.args!r} exited {self.proc.returncode}:\n{self.output()}")
+            return text in self.output()
+
+        wait_for(seen, timeout)
+        return self.output()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def background(tmp_path: Path) -> Iterator[Callable[..., BackgroundProcess]]:
+    """Start long-running commands; every one still running is stopped at the end of the test."""
+    started: list[BackgroundProcess] = []
+
+    def _start(
+        cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> BackgroundProcess:
+        process = BackgroundProcess(cmd, tmp_path / f"background-{len(started)}.log", env, cwd)
+        started.append(process)
+        return process
+
+    yield _start
+    for process in started:
+        process.stop()
