@@ -400,6 +400,21 @@ def active_jobs(older_than: datetime | None = None) -> list[Job]:
 
 
 @guarded
+def jobs_after(last_id: int, limit: int = 1000) -> list[Job]:
+    """Rows with an id above `last_id`, oldest first: how a watcher notices new jobs (primary key scan)."""
+    query = sa.select(JOB).where(JOB.c.id > last_id).order_by(JOB.c.id).limit(limit)
+    with get_engine().connect() as conn:
+        return [_row_to_job(r) for r in conn.execute(query)]
+
+
+@guarded
+def max_job_id() -> int:
+    """The highest id in the table, 0 when it is empty."""
+    with get_engine().connect() as conn:
+        return int(conn.execute(sa.select(sa.func.max(JOB.c.id))).scalar() or 0)
+
+
+@guarded
 def ping() -> None:
     """Run a trivial query, raising BackendError when the database does not answer."""
     with get_engine().connect() as conn:

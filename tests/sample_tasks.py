@@ -43,3 +43,12 @@ def stubborn(seconds: float = 30.0) -> str:
     while time.monotonic() < end:
         time.sleep(0.05)
     return "finished"
+
+
+@task(name="count")
+def count(seconds: float = 1.0, steps: int = 1) -> int:
+    """Report progress with no total (an indeterminate bar), one step at a time."""
+    for step in range(1, steps + 1):
+        time.sleep(seconds / steps)
+        progress(step, None, f"counted {step}")
+    return steps

@@ -206,6 +206,7 @@ def stack(tmp_path: Path, background: Any) -> Iterator[dict[str, Any]]:
         if not k.startswith(("JOBCTL_", "REDIS_", "POSTGRES_")) and k != "DATABASE_URL"
     }
     base["JOBCTL_DATA_DIR"] = str(tmp_path / "data")  # as the image's ENV does
+    base["PYTHONPATH"] = str(ROOT)  # this checkout's jobctl, as the image has it installed
     envs = {}
     for name in JOBCTL_SERVICES:
         service_env = {k: str(v) for k, v in services[name]["environment"].items()}
