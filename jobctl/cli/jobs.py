@@ -101,9 +101,8 @@ def list_(
     from .render import jobs_table, print_json, stdout
 
     def fetch() -> list[service.JobView]:
-        return service.list_jobs(
-            statuses=[s.lower() for s in status or []], task=task, queue_name=queue, limit=limit, offset=offset
-        )
+        statuses = [s.lower() for s in status or []]
+        return service.list_jobs(statuses=statuses, task=task, queue_name=queue, limit=limit, offset=offset)
 
     if watch:
         from ..errors import UsageError
