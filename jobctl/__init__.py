@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "progress", "task"]
+__all__ = ["SoftTimeout", "__version__", "progress", "task"]
 
 if TYPE_CHECKING:
     from .runtime import progress
     from .tasks import task
+    from .timeouts import SoftTimeout
 
 
 def __getattr__(name: str) -> Any:
@@ -22,4 +23,8 @@ def __getattr__(name: str) -> Any:
         from .runtime import progress
 
         return progress
+    if name == "SoftTimeout":
+        from .timeouts import SoftTimeout
+
+        return SoftTimeout
     raise AttributeError(f"module 'jobctl' has no attribute {name!r}")

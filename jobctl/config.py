@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=_default_data_dir, validation_alias=_env("JOBCTL_DATA_DIR"))
     default_queue: str = Field("default", validation_alias=_env("JOBCTL_DEFAULT_QUEUE"))
     job_timeout: int = Field(1800, ge=1, validation_alias=_env("JOBCTL_JOB_TIMEOUT"))
+    # Raised as SoftTimeout inside the task when below the job's hard timeout; 0 turns it off.
+    soft_timeout: int = Field(1500, ge=0, validation_alias=_env("JOBCTL_SOFT_TIMEOUT"))
     result_ttl: int = Field(3600, ge=0, validation_alias=_env("JOBCTL_RESULT_TTL"))
     worker_max_jobs: int = Field(1000, ge=1, validation_alias=_env("JOBCTL_WORKER_MAX_JOBS"))
     cancel_grace: float = Field(1.0, ge=0, validation_alias=_env("JOBCTL_CANCEL_GRACE"))

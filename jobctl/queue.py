@@ -8,6 +8,7 @@ import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from .config import get_settings, mask_url
@@ -120,36 +121,58 @@ def ping() -> None:
     get_redis().ping()
 
 
+def rq_queue(job: Job) -> str:
+    """The RQ queue a row's attempts go to: its queue at its priority."""
+    from .priority import rq_queue_name
+
+    return rq_queue_name(job.queue, job.priority)
+
+
 @guarded
 def enqueue(jobs: Sequence[Job], attempt_of: Callable[[Job], int] | None = None) -> None:
-    """Put rows' attempts on their queues, pipelined in batches."""
+    """Put rows' attempts on their queues (by priority; `at_front` first in line), or in RQ's schedule
+    when they are due later (the worker's scheduler moves them when due), pipelined in batches."""
+    from rq.job import JobStatus as RQStatus
+
     settings = get_settings()
     conn = get_redis()
+    now = datetime.now(UTC)
     by_queue: dict[str, list[Job]] = {}
     for job in jobs:
-        by_queue.setdefault(job.queue, []).append(job)
+        by_queue.setdefault(rq_queue(job), []).append(job)
     for queue_name, queue_jobs in by_queue.items():
         queue = get_queue(queue_name, conn)
         for start in range(0, len(queue_jobs), ENQUEUE_BATCH):
             batch = queue_jobs[start : start + ENQUEUE_BATCH]
             datas = []
+            later = []
             for job in batch:
                 assert job.id is not None
                 attempt = attempt_of(job) if attempt_of else job.attempts + 1
-                datas.append(
-                    queue.prepare_data(
-                        DISPATCH,
-                        args=[job.id, attempt],
-                        timeout=job.timeout or settings.job_timeout,
-                        result_ttl=settings.result_ttl,
-                        failure_ttl=max(settings.result_ttl, 86_400),
-                        description=job.name,
-                        job_id=rq_job_id(job.id, attempt),
-                        meta={"jobctl_id": job.id, "task": job.task},
-                    )
-                )
+                fields: dict[str, Any] = {
+                    "args": [job.id, attempt],
+                    "timeout": job.timeout or settings.job_timeout,
+                    "result_ttl": settings.result_ttl,
+                    "failure_ttl": max(settings.result_ttl, 86_400),
+                    "description": job.name,
+                    "job_id": rq_job_id(job.id, attempt),
+                    "meta": {"jobctl_id": job.id, "task": job.task},
+                }
+                if job.scheduled_for is not None and job.scheduled_for > now:
+                    rq_job = queue.create_job(DISPATCH, status=RQStatus.SCHEDULED, **fields)
+                    rq_job.enqueue_at_front = bool(job.at_front)
+                    # RQ's schedule keeps whole seconds, rounding down: round up so it never starts early.
+                    due = job.scheduled_for
+                    if due.microsecond:
+                        due = due.replace(microsecond=0) + timedelta(seconds=1)
+                    later.append((due, rq_job))
+                else:
+                    datas.append(queue.prepare_data(DISPATCH, at_front=bool(job.at_front), **fields))
             with conn.pipeline() as pipe:
-                queue.enqueue_many(datas, pipeline=pipe)
+                if datas:
+                    queue.enqueue_many(datas, pipeline=pipe)
+                for when, rq_job in later:
+                    queue.schedule_job(rq_job, when, pipeline=pipe)
                 pipe.execute()
 
 
@@ -194,7 +217,7 @@ def live_state(jobs: Sequence[Job]) -> dict[int, LiveState]:
     with conn.pipeline(transaction=False) as pipe:
         for job in tracked:
             pipe.hmget(f"rq:job:{job.task_id}", "status", "meta", "worker_name")
-            pipe.lpos(f"rq:queue:{job.queue}", job.task_id or "")
+            pipe.lpos(f"rq:queue:{rq_queue(job)}", job.task_id or "")
         replies = pipe.execute()
     out: dict[int, LiveState] = {}
     for job, fields, position in zip(tracked, replies[0::2], replies[1::2], strict=True):

@@ -68,11 +68,17 @@ def settle_failure(job: Job, attempt: int, error: str, progress: dict[str, Any] 
 
     Returns "retried", "failed", or "" when the row had already moved on (nothing written).
     """
+    from .backoff import plan_retry
+
     assert job.id is not None
-    if attempt <= job.retries:
+    plan = plan_retry(job, attempt)
+    if plan is not None:
         next_id = queue.rq_job_id(job.id, attempt + 1)
-        if store.requeue_after_failure(job.id, attempt, error=error, progress=progress, task_id=next_id):
+        if store.requeue_after_failure(
+            job.id, attempt, error=error, progress=progress, task_id=next_id, scheduled_for=plan.due
+        ):
             job.attempts = attempt
+            job.scheduled_for = plan.due
             try:
                 queue.enqueue([job])
             except Exception as exc:  # the row is pending without a queue entry: the next pass enqueues it
@@ -249,9 +255,10 @@ class _Pass:
                 if not alive and self.trust_absence:
                     missing.append(row)
                 continue
-            if row.queue not in waiting:
-                waiting[row.queue] = queue.waiting(row.queue)
-            w = waiting[row.queue]
+            rq_queue = queue.rq_queue(row)
+            if rq_queue not in waiting:
+                waiting[rq_queue] = queue.waiting(rq_queue)
+            w = waiting[rq_queue]
             if (
                 (state.status == "queued" and rq_id in w.queued)
                 or (state.status == "scheduled" and rq_id in w.scheduled)
@@ -261,7 +268,7 @@ class _Pass:
             # Popped but never started, or in no list at all: give a worker time to move it along.
             if self._suspect_for(rq_id) > self.lost_after:
                 if rq_id in w.popped:
-                    queue.forget_popped(row.queue, rq_id)
+                    queue.forget_popped(rq_queue, rq_id)
                 missing.append(row)
         if not missing:
             return

@@ -211,6 +211,18 @@ def _run_claimed(job_id: int, attempt: int, heartbeat: _Heartbeat) -> Any:
         previous_handler = signal.signal(signal.SIGTERM, _raise_cancelled)
         watcher = _CancelWatcher(rq_job.connection, rq_job.id, settings.cancel_grace, in_horse)
         watcher.start()
+    from . import timeouts
+    from .reconcile import settle_attempt
+
+    hard = job.timeout or settings.job_timeout
+    deadlines = timeouts.Deadlines(
+        soft=timeouts.effective_soft(job.soft_timeout, settings.soft_timeout, hard),
+        hard=hard,
+        grace=max(1.0, settings.cancel_grace),
+        in_main=in_main,
+        in_horse=in_horse,
+        on_hard=lambda: settle_attempt(queue.rq_job_id(job_id, attempt), timeouts.hard_timeout_error(hard)),
+    ).start()
     _reporter = reporter
     outcome: BaseException | None = None
     result: Any = None
@@ -220,6 +232,7 @@ def _run_claimed(job_id: int, attempt: int, heartbeat: _Heartbeat) -> Any:
     except BaseException as exc:
         outcome = exc
     finally:
+        deadlines.stop()
         if watcher is not None:
             watcher.done.set()
         if previous_handler is not None:
@@ -230,14 +243,18 @@ def _run_claimed(job_id: int, attempt: int, heartbeat: _Heartbeat) -> Any:
 
     if outcome is None:
         _durably(store.finish, job_id, attempt, JobStatus.COMPLETED, result=result, progress=final_progress)
+        _release_dependents(job_id)
         return result
     if isinstance(outcome, JobCancelled) or (watcher is not None and watcher.cancelled):
         # The row was marked cancelled before the signal was sent; nothing to record.
         raise JobCancelled(f"job {job_id} was cancelled")
-    error = describe_error(outcome)
+    error = timeouts.error_text(outcome, hard) or describe_error(outcome)
     if isinstance(outcome, TypeError) and "JSON serializable" in str(outcome):
         error = f"result is not JSON: {outcome}"
-    if attempt <= job.retries:
+    from .backoff import plan_retry
+
+    plan = plan_retry(job, attempt, outcome)
+    if plan is not None:
         next_id = queue.rq_job_id(job_id, attempt + 1)
         requeued = _durably(
             store.requeue_after_failure,
@@ -246,15 +263,28 @@ def _run_claimed(job_id: int, attempt: int, heartbeat: _Heartbeat) -> Any:
             error=error,
             progress=final_progress,
             task_id=next_id,
+            scheduled_for=plan.due,
         )
         if requeued is None:
             raise outcome  # not recorded: the reconciler retries or fails it from RQ's failure
         if requeued:
             job.attempts = attempt
+            job.scheduled_for = plan.due
             queue.enqueue([job])
             raise outcome
     _durably(store.finish, job_id, attempt, JobStatus.FAILED, error=error, progress=final_progress)
+    _release_dependents(job_id)
     raise outcome
+
+
+def _release_dependents(job_id: int) -> None:
+    """Start or cancel the jobs waiting for this one (best effort: workers sweep for any missed)."""
+    from . import dependencies
+
+    try:
+        dependencies.after_end([job_id])
+    except Exception as exc:
+        log.warning("job %s: could not resolve the jobs waiting for it (%s)", job_id, exc)
 
 
 def fail_attempt(task_id: str, reason: str) -> bool:

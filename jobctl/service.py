@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import queue, store
+from . import options, queue, store
 from .config import get_settings, mask_url
 from .errors import BackendError, NotFoundError, RefusedError, UsageError
 from .models import Job, JobStatus
@@ -28,8 +28,20 @@ class JobRequest:
     args: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     queue: str | None = None
-    timeout: int | None = None
+    timeout: int | str | None = None
     retries: int = 0
+    # Job control (see options.py): when, after what, how retried, limits, priority, unique key.
+    at: str | None = None
+    delay: str | None = None
+    after: list[int] = field(default_factory=list)
+    after_any: list[int] = field(default_factory=list)
+    retry_delay: str | None = None
+    retry_on: list[str] | None = None
+    soft_timeout: int | str | None = None
+    priority: str | None = None
+    at_front: bool = False
+    unique_key: str | None = None
+    control: dict[str, Any] = field(default_factory=dict)
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:
@@ -60,7 +72,8 @@ def _check_request(req: JobRequest) -> JobRequest:
         raise UsageError(f"the job name is {len(req.name)} characters long; the limit is {MAX_NAME}")
     if "\x00" in req.name or "\x00" in req.description:
         raise UsageError("the job name and description must not contain NUL characters")
-    if req.timeout is not None and not 1 <= req.timeout <= 7 * 86_400:
+    options.check(req)
+    if req.timeout is not None and not 1 <= int(req.timeout) <= 7 * 86_400:
         raise UsageError(f"timeout must be between 1 second and 7 days, got {req.timeout}")
     if not 0 <= req.retries <= 100:
         raise UsageError(f"retries must be between 0 and 100, got {req.retries}")
@@ -75,6 +88,12 @@ def _check_request(req: JobRequest) -> JobRequest:
         raise UsageError(f"task arguments are not valid JSON ({exc})") from None
     validate_args(require_task(req.task), req.args)
     return req
+
+
+def validate_request(req: JobRequest) -> JobRequest:
+    """Check one request as `submit` would (task, arguments, options) without storing anything."""
+    load_task_modules(get_settings().task_modules)
+    return _check_request(req)
 
 
 def submit_jobs(requests: Sequence[JobRequest]) -> list[Job]:
@@ -92,25 +111,33 @@ def submit_jobs(requests: Sequence[JobRequest]) -> list[Job]:
             "queue": r.queue,
             "timeout": r.timeout,
             "retries": r.retries,
+            **r.control,
         }
         for r in checked
     ]
-    jobs = store.insert_jobs(rows, lambda job_id: queue.rq_job_id(job_id, 1))
+    jobs = options.insert_jobs(rows)
     try:
-        queue.enqueue(jobs)
+        queue.enqueue([j for j in jobs if not j.blocked])
     except BackendError as exc:
         ids = [j.id for j in jobs if j.id is not None]
         # If the database is down too, the reconciler enqueues pending rows that have no queue entry.
         with contextlib.suppress(BackendError):
             store.fail_unqueued(ids, f"could not be queued: {exc}")
         raise
+    blocked = [j.id for j in jobs if j.blocked and j.id is not None]
+    if blocked:  # dependencies that already ended release (or cancel) their new dependents now
+        from .dependencies import resolve
+
+        resolve(blocked)
+        now = store.get_jobs(blocked)
+        jobs = [now.get(j.id or 0, j) for j in jobs]
     return jobs
 
 
 def parse_job_lines(lines: Iterable[str], defaults: JobRequest) -> list[JobRequest]:
     """JSON Lines for `submit --from`: each line a job, any field of `defaults` overridable."""
     requests: list[JobRequest] = []
-    allowed = {"name", "task", "args", "description", "queue", "timeout", "retries"}
+    allowed = {"name", "task", "args", "description", "queue", "timeout", "retries", *options.LINE_FIELDS}
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -128,7 +155,7 @@ def parse_job_lines(lines: Iterable[str], defaults: JobRequest) -> list[JobReque
         for key, kind in (("name", str), ("task", str), ("description", str), ("queue", str)):
             if key in data and not isinstance(data[key], kind):
                 raise UsageError(f"line {number}: {key!r} must be a string")
-        for key in ("timeout", "retries"):
+        for key in ("retries",):
             if key in data and (isinstance(data[key], bool) or not isinstance(data[key], int | None)):
                 raise UsageError(f"line {number}: {key!r} must be an integer")
         if "args" in data and not isinstance(data["args"], dict):
@@ -141,6 +168,7 @@ def parse_job_lines(lines: Iterable[str], defaults: JobRequest) -> list[JobReque
             queue=data.get("queue", defaults.queue),
             timeout=data.get("timeout", defaults.timeout),
             retries=data.get("retries", defaults.retries),
+            **options.from_line(data, defaults, number),
         )
         try:
             load_task_modules(get_settings().task_modules)
@@ -174,6 +202,7 @@ class JobView:
 
     job: Job
     live: queue.LiveState | None = None
+    waiting_for: list[int] | None = None  # set by show_job for a job blocked on others
 
     @property
     def progress(self) -> dict[str, Any] | None:
@@ -184,6 +213,8 @@ class JobView:
     def to_public(self) -> dict[str, Any]:
         out = self.job.to_public()
         out["progress"] = self.progress
+        if self.waiting_for is not None:
+            out["waiting_for"] = self.waiting_for
         return out
 
 
@@ -223,8 +254,13 @@ def list_jobs(
 
 
 def show_job(job_id: int) -> JobView:
-    """One job with its live state."""
-    return with_live_state([get_job(job_id)])[0]
+    """One job with its live state (and, while it is blocked, the jobs it still waits for)."""
+    view = with_live_state([get_job(job_id)])[0]
+    if view.job.blocked and view.job.status == JobStatus.PENDING.value:
+        from .dependencies import still_waiting
+
+        view.waiting_for = still_waiting(view.job)
+    return view
 
 
 @dataclass
@@ -250,6 +286,10 @@ def cancel_job(job_id: int) -> Outcome:
         return Outcome(
             job_id, False, f"cannot cancel job {job_id}: it is {job.status}", RefusedError.exit_code
         )
+    from .dependencies import after_end
+
+    with contextlib.suppress(BackendError):  # the workers' sweep resolves what waited for it
+        after_end([job_id])
     note = ""
     if job.task_id:
         try:
@@ -268,7 +308,10 @@ def retry_job(job_id: int) -> Outcome:
         check_id(job_id)
     except NotFoundError as exc:
         return Outcome(job_id, False, str(exc), NotFoundError.exit_code)
-    reopened, job = store.reopen(job_id, queue.rq_job_id)
+    try:
+        reopened, job = options.reopen(job_id)
+    except RefusedError as exc:
+        return Outcome(job_id, False, f"cannot retry job {job_id}: {exc}", RefusedError.exit_code)
     if job is None:
         return Outcome(job_id, False, f"job {job_id} not found", NotFoundError.exit_code)
     if not reopened:
@@ -371,6 +414,7 @@ def effective_config() -> list[tuple[str, str]]:
         ("JOBCTL_TASKS", s.tasks or "(none)"),
         ("JOBCTL_DEFAULT_QUEUE", s.default_queue),
         ("JOBCTL_JOB_TIMEOUT", f"{s.job_timeout} s"),
+        ("JOBCTL_SOFT_TIMEOUT", f"{s.soft_timeout} s" if s.soft_timeout else "off"),
         ("JOBCTL_RESULT_TTL", f"{s.result_ttl} s"),
         ("JOBCTL_WORKER_MAX_JOBS", str(s.worker_max_jobs)),
         ("JOBCTL_CANCEL_GRACE", f"{s.cancel_grace:g} s"),

@@ -194,21 +194,36 @@ def _row_to_job(row: sa.Row[Any]) -> Job:
 # ---------------------------------------------------------------- writes
 
 
+def _attempt_errors(conn: Connection, job_id: int, attempt: int, error: str) -> list[dict[str, Any]]:
+    """The row's attempt errors with `attempt`'s added (read in the writing transaction)."""
+    from .backoff import with_error
+
+    existing = conn.execute(sa.select(JOB.c.attempt_errors).where(JOB.c.id == job_id)).scalar()
+    return with_error(existing, attempt, error)
+
+
 @guarded
 def insert_jobs(rows: Sequence[dict[str, Any]], queue_id: Callable[[int], str]) -> list[Job]:
     """Insert pending rows in one transaction; `queue_id(id)` names each row's RQ job."""
+    with begin() as conn:
+        return insert_rows(conn, rows, queue_id)
+
+
+def insert_rows(
+    conn: Connection, rows: Sequence[dict[str, Any]], queue_id: Callable[[int], str]
+) -> list[Job]:
+    """Insert pending rows within the caller's transaction (see insert_jobs)."""
     now = utcnow()
     values = [
         {**row, "status": JobStatus.PENDING.value, "attempts": 0, "created_at": now, "updated_at": now}
         for row in rows
     ]
-    with begin() as conn:
-        result = conn.execute(sa.insert(JOB).returning(JOB.c.id, sort_by_parameter_order=True), values)
-        ids = [r[0] for r in result]
-        conn.execute(
-            sa.update(JOB).where(JOB.c.id == sa.bindparam("b_id")).values(task_id=sa.bindparam("b_task_id")),
-            [{"b_id": i, "b_task_id": queue_id(i)} for i in ids],
-        )
+    result = conn.execute(sa.insert(JOB).returning(JOB.c.id, sort_by_parameter_order=True), values)
+    ids = [r[0] for r in result]
+    conn.execute(
+        sa.update(JOB).where(JOB.c.id == sa.bindparam("b_id")).values(task_id=sa.bindparam("b_task_id")),
+        [{"b_id": i, "b_task_id": queue_id(i)} for i in ids],
+    )
     return [
         Job.model_validate({**v, "id": i, "task_id": queue_id(i)}) for v, i in zip(values, ids, strict=True)
     ]
@@ -253,6 +268,8 @@ def finish(
     if progress is not None:
         values["progress"] = progress
     with begin() as conn:
+        if error is not None and status is JobStatus.FAILED:
+            values["attempt_errors"] = _attempt_errors(conn, job_id, attempt, error)
         done = conn.execute(
             sa.update(JOB)
             .where(JOB.c.id == job_id, JOB.c.attempts == attempt, JOB.c.status == JobStatus.PROCESSING.value)
@@ -263,18 +280,27 @@ def finish(
 
 @guarded
 def requeue_after_failure(
-    job_id: int, attempt: int, *, error: str, progress: dict[str, Any] | None, task_id: str
+    job_id: int,
+    attempt: int,
+    *,
+    error: str,
+    progress: dict[str, Any] | None,
+    task_id: str,
+    scheduled_for: datetime | None = None,
 ) -> bool:
-    """Return a failed attempt to pending for its next try; False if the row moved on."""
+    """Return a failed attempt to pending for its next try (due at `scheduled_for`, or at once);
+    False if the row moved on."""
     values: dict[str, Any] = {
         "status": JobStatus.PENDING.value,
         "error": error,
         "task_id": task_id,
         "updated_at": utcnow(),
+        "scheduled_for": scheduled_for,
     }
     if progress is not None:
         values["progress"] = progress
     with begin() as conn:
+        values["attempt_errors"] = _attempt_errors(conn, job_id, attempt, error)
         done = conn.execute(
             sa.update(JOB)
             .where(JOB.c.id == job_id, JOB.c.attempts == attempt, JOB.c.status == JobStatus.PROCESSING.value)
@@ -325,6 +351,8 @@ def reopen(job_id: int, queue_id: Callable[[int, int], str]) -> tuple[bool, Job 
                 started_at=None,
                 worker=None,
                 result=None,
+                scheduled_for=None,  # a retry by hand runs now, whatever the job was scheduled for
+                blocked=False,
             )
             .returning(*JOB.c)
         ).first()

@@ -84,6 +84,10 @@ class JobctlWorker(Worker):
         max_jobs = kwargs.get("max_jobs")
         monitor = _Monitor(self)
         monitor.start()
+        from .ticker import Ticker  # recurring schedules, dependency sweep, RQ scheduler takeover
+
+        ticker = Ticker(self, burst=bool(kwargs.get("burst")))
+        ticker.start()
         worked = False
         try:
             while True:
@@ -105,6 +109,7 @@ class JobctlWorker(Worker):
                 with contextlib.suppress(*REDIS_DOWN):
                     self.connection.delete(self.key)  # our own registration from before the outage
         finally:
+            ticker.stop()
             monitor.stop()
 
     def _wait_for_redis(self) -> bool:
@@ -245,8 +250,10 @@ def run_workers(
     queues: list[str], *, concurrency: int = 1, burst: bool = False, max_jobs: int | None = None
 ) -> None:
     """Run `concurrency` workers (with the scheduler) on `queues` until stopped or, with `burst`, idle."""
+    from .priority import worker_queues
+
     settings = get_settings()
-    names = queue_names(queues)
+    names = worker_queues(queue_names(queues))  # each queue's high, then normal, then low jobs
     conn = get_redis()
     conn.ping()
     _preload()

@@ -164,7 +164,8 @@ def env(
     if backend == "postgres":
         store.upgrade_schema()
         with store.begin() as conn:
-            conn.exec_driver_sql("TRUNCATE job RESTART IDENTITY")
+            # CASCADE: tables that reference job (logs) are emptied with it.
+            conn.exec_driver_sql("TRUNCATE job, job_dependency, schedule RESTART IDENTITY CASCADE")
     yield dict(os.environ)
     reset_caches()
 

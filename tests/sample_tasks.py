@@ -52,3 +52,40 @@ def count(seconds: float = 1.0, steps: int = 1) -> int:
         time.sleep(seconds / steps)
         progress(step, None, f"counted {step}")
     return steps
+
+
+@task(name="flaky")
+def flaky(path: str, failures: int = 1, error: str = "ConnectionError") -> int:
+    """Fail the first `failures` runs (counted in the file at `path`) with `error`, then succeed."""
+    from pathlib import Path
+
+    counter = Path(path)
+    runs = int(counter.read_text()) if counter.exists() else 0
+    counter.write_text(str(runs + 1))
+    if runs < failures:
+        raise {"ConnectionError": ConnectionError, "ValueError": ValueError}[error](f"failure {runs + 1}")
+    return runs + 1
+
+
+@task(name="soft_aware")
+def soft_aware(seconds: float = 30.0) -> str:
+    """Sleep; when the soft time limit interrupts, clean up and return."""
+    from jobctl import SoftTimeout
+
+    try:
+        time.sleep(seconds)
+    except SoftTimeout:
+        return "cleaned up"
+    return "finished"
+
+
+@task(name="swallow")
+def swallow(seconds: float = 30.0) -> str:
+    """Swallow every exception, RQ's timeout included, and keep going (the worker must kill it)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            time.sleep(0.05)
+        except Exception:
+            continue
+    return "finished"

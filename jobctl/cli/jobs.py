@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from . import app
+from . import app, control
 
 if TYPE_CHECKING:
     from ..service import Outcome
@@ -37,8 +37,18 @@ def submit(
     queue: Annotated[
         str | None, typer.Option("-q", "--queue", help="Queue (default: JOBCTL_DEFAULT_QUEUE).")
     ] = None,
-    timeout: Annotated[int | None, typer.Option("--timeout", help="Hard time limit in seconds.")] = None,
+    timeout: control.Timeout = None,
     retries: Annotated[int, typer.Option("--retries", help="Extra attempts after a failure.")] = 0,
+    delay: control.In = None,
+    at: control.At = None,
+    after: control.After = None,
+    after_any: control.AfterAny = None,
+    retry_delay: control.RetryDelay = None,
+    retry_on: control.RetryOn = None,
+    soft_timeout: control.SoftLimit = None,
+    priority: control.Priority = None,
+    at_front: control.AtFront = False,
+    unique_key: control.UniqueKey = None,
     from_file: Annotated[
         str | None, typer.Option("--from", help="JSON Lines file of jobs to submit ('-' for stdin).")
     ] = None,
@@ -58,8 +68,20 @@ def submit(
         args=service.parse_assignments(arg or []),
         description=description,
         queue=queue,
-        timeout=timeout,
-        retries=retries,
+        **control.request_fields(
+            timeout=timeout,
+            soft_timeout=soft_timeout,
+            retries=retries,
+            retry_delay=retry_delay,
+            retry_on=retry_on,
+            priority=priority,
+            at_front=at_front,
+            unique_key=unique_key,
+            delay=delay,
+            at=at,
+            after=after,
+            after_any=after_any,
+        ),
     )
     if from_file is not None:
         if name is not None:

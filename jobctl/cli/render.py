@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from .control import detail_rows, pending_note
+
 if TYPE_CHECKING:
     from ..service import Check, JobView
 
@@ -85,9 +87,9 @@ def progress_text(progress: dict[str, Any] | None) -> str:
     return f"{current}/{total}" if total is not None else f"{current}"
 
 
-def status_text(status: str) -> Text:
-    """The status, coloured."""
-    return Text(status, style=STATUS_STYLE.get(status, ""))
+def status_text(status: str, note: str = "") -> Text:
+    """The status, coloured, with an optional note: `pending (due in 5m00s)`."""
+    return Text(status + (f" ({note})" if note else ""), style=STATUS_STYLE.get(status, ""))
 
 
 def jobs_table(views: list[JobView]) -> Table:
@@ -108,7 +110,7 @@ def jobs_table(views: list[JobView]) -> Table:
             Text(str(job.id)),
             Text(one_line(job.name)),
             Text(job.task),
-            status_text(job.status),
+            status_text(job.status, pending_note(job, now)),
             Text(progress_text(view.progress)),
             Text(relative(job.created_at, now)),
             Text(duration(job_duration(view, now))),
@@ -135,7 +137,7 @@ def job_detail(view: JobView) -> Table:
         ("task", Text(job.task)),
         ("args", Text(json.dumps(job.args, ensure_ascii=False))),
         ("queue", Text(job.queue)),
-        ("status", status_text(job.status)),
+        ("status", status_text(job.status, pending_note(job))),
         ("progress", Text(progress_line(progress))),
         ("attempts", Text(f"{job.attempts} (retries allowed: {job.retries})")),
         ("worker", Text(job.worker or "-")),
@@ -151,6 +153,7 @@ def job_detail(view: JobView) -> Table:
         if view.live.position is not None:
             state += f", position {view.live.position + 1} in queue {job.queue!r}"
         rows.append(("rq state", Text(state)))
+    rows.extend(detail_rows(view))
     if job.result is not None:
         rows.append(("result", Text(json.dumps(job.result, ensure_ascii=False, indent=2))))
     if job.error:

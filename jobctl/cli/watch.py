@@ -120,6 +120,10 @@ def status_words(row: WatchedJob) -> str:
 
     status = row.status
     if status == "pending":
+        from .control import pending_note
+
+        if note := pending_note(row.job):  # due later, a retry's backoff, or waiting on other jobs
+            return f"pending, {note}"
         if row.position is not None:
             return f"pending, #{row.position} in queue {row.job.queue}"
         return {
