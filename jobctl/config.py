@@ -56,6 +56,7 @@ class Settings(BaseSettings):
     lost_after: float = Field(45.0, gt=0, validation_alias=_env("JOBCTL_LOST_AFTER"))
     dashboard_username: str | None = Field(None, validation_alias=_env("JOBCTL_DASHBOARD_USERNAME"))
     dashboard_password: str | None = Field(None, validation_alias=_env("JOBCTL_DASHBOARD_PASSWORD"))
+    log_max_bytes: int = Field(1_000_000, ge=0, validation_alias=_env("JOBCTL_LOG_MAX_BYTES"))
 
     @property
     def task_modules(self) -> list[str]:

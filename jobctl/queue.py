@@ -414,3 +414,54 @@ def mark_failed(task_id: str, reason: str) -> None:
         pipe.execute()
 
 
+
+# ---------------------------------------------------------------- pruning
+
+
+@guarded
+def purge(task_ids_by_queue: dict[str, list[str]], extra_keys: Sequence[str] = ()) -> None:
+    """Delete what Redis keeps of ended RQ jobs (hash, results, registry entries) and `extra_keys`,
+    pipelined in batches; nothing is read first, so there is no registry cleanup either."""
+    from rq.executions import ExecutionRegistry
+    from rq.job import Job as RQJob
+    from rq.registry import CanceledJobRegistry, FailedJobRegistry, FinishedJobRegistry
+    from rq.results import get_key as results_key
+
+    conn = get_redis()
+    with conn.pipeline(transaction=False) as pipe:
+        for queue_name, task_ids in task_ids_by_queue.items():
+            q = get_queue(queue_name, conn)
+            ended = (FinishedJobRegistry, FailedJobRegistry, CanceledJobRegistry)
+            registries = [registry(queue=q).key for registry in ended]
+            for start in range(0, len(task_ids), ENQUEUE_BATCH):
+                batch = task_ids[start : start + ENQUEUE_BATCH]
+                for registry in registries:
+                    pipe.zrem(registry, *batch)
+                for task_id in batch:
+                    pipe.delete(
+                        RQJob.key_for(task_id),
+                        RQJob.dependents_key_for(task_id),
+                        results_key(task_id),
+                        ExecutionRegistry(task_id, conn).key,
+                    )
+                pipe.execute()
+        for start in range(0, len(extra_keys), ENQUEUE_BATCH):
+            pipe.delete(*extra_keys[start : start + ENQUEUE_BATCH])
+            pipe.execute()
+
+
+@guarded
+def queue_depths(extra: Iterable[str] = ()) -> dict[str, int]:
+    """How many jobs wait in each queue RQ knows of (and in `extra`), in two round trips."""
+    from rq import Queue
+
+    conn = get_redis()
+    prefix = Queue.redis_queue_namespace_prefix
+    names = {raw.decode().removeprefix(prefix) for raw in conn.smembers(Queue.redis_queues_keys)}
+    names.update(extra)
+    ordered = sorted(names)
+    with conn.pipeline(transaction=False) as pipe:
+        for name in ordered:
+            pipe.llen(get_queue(name, conn).key)
+        lengths = pipe.execute()
+    return dict(zip(ordered, (int(n) for n in lengths), strict=True))

@@ -108,6 +108,8 @@ def describe_error(exc: BaseException) -> str:
 
     if isinstance(exc, JobTimeoutException):
         return f"timed out: {exc}"
+    if getattr(exc, "without_traceback", False):  # an error that says all there is (a command's exit)
+        return str(exc)
     summary = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     tb = "".join(traceback.format_exception(exc)).rstrip()
     return f"{summary}\n\n{tb}"
@@ -224,6 +226,9 @@ def _run_claimed(job_id: int, attempt: int, heartbeat: _Heartbeat) -> Any:
         on_hard=lambda: settle_attempt(queue.rq_job_id(job_id, attempt), timeouts.hard_timeout_error(hard)),
     ).start()
     _reporter = reporter
+    from .logs import start_capture
+
+    capture = start_capture(job_id, attempt, queue.rq_job_id(job_id, attempt)) if in_main else None
     outcome: BaseException | None = None
     result: Any = None
     try:
@@ -239,6 +244,8 @@ def _run_claimed(job_id: int, attempt: int, heartbeat: _Heartbeat) -> Any:
             signal.signal(signal.SIGTERM, previous_handler)
         _reporter = None
         reporter.flush()
+        if capture is not None:
+            capture.stop()
     final_progress = reporter.latest
 
     if outcome is None:

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import options, queue, store
+from . import options, queue, shell, store
 from .config import get_settings, mask_url
 from .errors import BackendError, NotFoundError, RefusedError, UsageError
 from .models import Job, JobStatus
@@ -87,6 +87,8 @@ def _check_request(req: JobRequest) -> JobRequest:
     except ValueError as exc:
         raise UsageError(f"task arguments are not valid JSON ({exc})") from None
     validate_args(require_task(req.task), req.args)
+    if req.task == shell.SHELL_TASK:
+        req.queue = shell.check_request(req.args, req.queue)  # only --allow-shell workers serve it
     return req
 
 
@@ -237,8 +239,14 @@ def list_jobs(
     queue_name: str | None = None,
     limit: int = 100,
     offset: int = 0,
+    since: str | None = None,
+    name: str | None = None,
+    sort: str | None = None,
 ) -> list[JobView]:
-    """Jobs matching the filters, newest first, with live progress for active ones."""
+    """Jobs matching the filters, newest first (or by `sort`), with live progress for active ones."""
+    from .ops import list_filters
+
+    filters = list_filters(since=since, name=name, sort=sort)
     valid = {s.value for s in JobStatus}
     for status in statuses:
         if status not in valid:
@@ -249,7 +257,9 @@ def list_jobs(
         raise UsageError(f"--limit must be between 1 and 1000, got {limit}")
     if not 0 <= offset <= MAX_ID:
         raise UsageError(f"--offset must be 0 or more, got {offset}")
-    jobs = store.list_jobs(statuses=statuses, task=task, queue=queue_name, limit=limit, offset=offset)
+    jobs = store.list_jobs(
+        statuses=statuses, task=task, queue=queue_name, limit=limit, offset=offset, **filters
+    )
     return with_live_state(jobs)
 
 

@@ -403,8 +403,12 @@ def list_jobs(
     queue: str | None = None,
     limit: int = 100,
     offset: int = 0,
+    since: datetime | None = None,
+    name_like: str | None = None,
+    order: Sequence[tuple[str, bool]] = (),
 ) -> list[Job]:
-    """Rows matching the filters, newest first."""
+    """Rows matching the filters, newest first unless `order` names (SORT_KEYS key, descending) pairs."""
+    engine = get_engine()
     query = sa.select(JOB)
     if statuses:
         query = query.where(JOB.c.status.in_(list(statuses)))
@@ -412,9 +416,44 @@ def list_jobs(
         query = query.where(JOB.c.task == task)
     if queue:
         query = query.where(JOB.c.queue == queue)
+    if since is not None:
+        query = query.where(JOB.c.created_at >= since)
+    if name_like is not None:
+        query = query.where(JOB.c.name.ilike(name_like, escape="\\"))
+    for key, descending in order:
+        column = _sort_column(key, engine.dialect.name)
+        query = query.order_by(column.desc().nulls_last() if descending else column.asc().nulls_last())
     query = query.order_by(JOB.c.id.desc()).limit(limit).offset(offset)
-    with get_engine().connect() as conn:
+    with engine.connect() as conn:
         return [_row_to_job(r) for r in conn.execute(query)]
+
+
+SORT_KEYS = (
+    "id",
+    "name",
+    "task",
+    "status",
+    "queue",
+    "attempts",
+    "created",
+    "started",
+    "completed",
+    "updated",
+    "duration",
+)
+
+
+def _sort_column(key: str, dialect: str) -> Any:
+    if key == "duration":
+        return seconds_between(JOB.c.started_at, JOB.c.completed_at, dialect)
+    return JOB.c[f"{key}_at" if key in ("created", "started", "completed", "updated") else key]
+
+
+def seconds_between(start: Any, end: Any, dialect: str) -> Any:
+    """A SQL expression for the seconds from `start` to `end` (NULL when either is NULL)."""
+    if dialect == "sqlite":
+        return (sa.func.julianday(end) - sa.func.julianday(start)) * 86_400.0
+    return sa.extract("epoch", end - start)
 
 
 @guarded

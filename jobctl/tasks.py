@@ -209,3 +209,7 @@ def process(
 def health_check() -> dict[str, str]:
     """Return a healthy status with the worker's current time."""
     return {"status": "healthy", "timestamp": datetime.now(UTC).isoformat()}
+
+
+# Built-in tasks kept in modules of their own register when those are imported.
+from . import shell as _shell  # noqa: E402,F401

@@ -1,0 +1,259 @@
+"""Job logs: what a task prints and logs, captured in its work-horse, streamed through Redis, kept in SQL.
+
+While an attempt runs, its lines go to a Redis stream `jobctl:log:<rq id>` (entry ids `0-<line number>`,
+trimmed to the newest JOBCTL_LOG_MAX_BYTES, and an `end` entry when the attempt is over). When it ends,
+the same tail is stored in the `job_log` table, which `jobctl logs` reads for finished jobs (follow.py).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import select
+import sys
+import threading
+import time
+from typing import Any
+
+import sqlalchemy as sa
+
+STREAM_KEY = "jobctl:log:{}"
+LINE_MAX = 64 * 1024  # longer lines are split
+FLUSH_INTERVAL = 0.1  # seconds between two writes of new lines to Redis
+STREAM_TTL = 86_400  # a stream outlives its attempt by a day when its tail could not be stored in SQL
+STREAM_TTL_STORED = 600  # ... and by ten minutes (for followers) when it was
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+log = logging.getLogger("jobctl.logs")
+
+
+def stream_key(rq_id: str) -> str:
+    """The Redis stream of one attempt's log lines."""
+    return STREAM_KEY.format(rq_id)
+
+
+def job_log_table() -> sa.Table:
+    """The `job_log` table (one row per attempt that printed anything)."""
+    from .models import JobLog
+
+    table: sa.Table = JobLog.__table__  # type: ignore[attr-defined]
+    return table
+
+
+# ---------------------------------------------------------------- capture (in the work-horse)
+
+
+class LogCapture:
+    """Redirects the process's stdout and stderr (file descriptors 1 and 2) and the root logger into
+    the attempt's log while the task runs; `stop()` restores them and stores the tail in SQL."""
+
+    def __init__(self, job_id: int, attempt: int, rq_id: str, max_bytes: int) -> None:
+        self.job_id = job_id
+        self.attempt = attempt
+        self.key = stream_key(rq_id)
+        self.max_bytes = max_bytes
+        self.kept: collections.deque[tuple[int, str, int]] = collections.deque()  # (line no, text, bytes)
+        self.kept_bytes = 0
+        self.dropped = 0
+        self.pending: list[tuple[int, str]] = []
+        self.trim_to = 0
+        self.seq = 0
+        self.last_flush = 0.0
+        self.stopping = threading.Event()
+        self.stop_requested_at = 0.0
+        self.saved_fds: tuple[int, int] | None = None
+        self.read_fd = -1
+        self.thread: threading.Thread | None = None
+        self.saved_logging: tuple[list[logging.Handler], int] | None = None
+        self.saved_buffering: list[tuple[Any, bool]] = []
+        self.handler: logging.Handler | None = None
+
+    def start(self) -> None:
+        """Start capturing."""
+        _flush_std()
+        read_fd, write_fd = os.pipe()
+        self.saved_fds = (os.dup(1), os.dup(2))
+        os.dup2(write_fd, 1)
+        os.dup2(write_fd, 2)
+        os.close(write_fd)
+        self.read_fd = read_fd
+        for stream in (sys.stdout, sys.stderr):
+            # Output reaches the log as it is printed, even when the worker's stdout is a file.
+            with contextlib.suppress(Exception):
+                self.saved_buffering.append((stream, bool(stream.line_buffering)))
+                stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+        self._capture_logging()
+        self.thread = threading.Thread(target=self._read, name="jobctl-log-capture", daemon=True)
+        self.thread.start()
+
+    def _capture_logging(self) -> None:
+        root = logging.getLogger()
+        streams = {sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__}
+        # Handlers already writing to the terminal would print every record twice into the log.
+        echoing: list[logging.Handler] = [
+            h
+            for h in root.handlers
+            if type(h) is logging.StreamHandler and getattr(h, "stream", None) in streams
+        ]
+        self.saved_logging = (echoing, root.level)
+        for handler in echoing:
+            root.removeHandler(handler)
+        self.handler = logging.StreamHandler(sys.stderr)
+        self.handler.setFormatter(logging.Formatter(LOG_FORMAT, "%H:%M:%S"))
+        root.addHandler(self.handler)
+        if root.level > logging.INFO or root.level == logging.NOTSET:
+            root.setLevel(logging.INFO)
+
+    def stop(self) -> None:
+        """Stop capturing, write the last lines and the end marker, store the tail in SQL."""
+        if self.saved_fds is None:
+            return
+        _flush_std()
+        root = logging.getLogger()
+        if self.handler is not None:
+            root.removeHandler(self.handler)
+        if self.saved_logging is not None:
+            echoing, level = self.saved_logging
+            for handler in echoing:
+                root.addHandler(handler)
+            root.setLevel(level)
+        for stream, line_buffering in self.saved_buffering:
+            with contextlib.suppress(Exception):
+                stream.reconfigure(line_buffering=line_buffering)
+        saved_out, saved_err = self.saved_fds
+        os.dup2(saved_out, 1)  # closes the pipe's write end: the reader sees the end of the output
+        os.dup2(saved_err, 2)
+        os.close(saved_out)
+        os.close(saved_err)
+        self.saved_fds = None
+        self.stop_requested_at = time.monotonic()
+        self.stopping.set()
+        if self.thread is not None:
+            self.thread.join(5)
+        with contextlib.suppress(OSError):
+            os.close(self.read_fd)
+        if self.seq:
+            stored = self._store()
+            self._end(STREAM_TTL_STORED if stored else STREAM_TTL)
+
+    def _read(self) -> None:
+        buffer = b""
+        while True:
+            ready, _, _ = select.select([self.read_fd], [], [], FLUSH_INTERVAL)
+            if ready:
+                chunk = os.read(self.read_fd, 65536)
+                if not chunk:
+                    break  # every write end is closed
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    self._add(line)
+                while len(buffer) > LINE_MAX:
+                    self._add(buffer[:LINE_MAX])
+                    buffer = buffer[LINE_MAX:]
+            # A process the task left behind may keep the pipe open: stop reading soon after the task.
+            if self.stopping.is_set() and (not ready or time.monotonic() - self.stop_requested_at > 0.5):
+                break
+            if self.pending and time.monotonic() - self.last_flush >= FLUSH_INTERVAL:
+                self._flush()
+        if buffer:
+            self._add(buffer)
+        self._flush()
+
+    def _add(self, raw: bytes) -> None:
+        text = raw.decode("utf-8", "replace").rstrip("\r")
+        size = len(raw) + 1
+        self.seq += 1
+        self.pending.append((self.seq, text))
+        self.kept.append((self.seq, text, size))
+        self.kept_bytes += size
+        while self.kept_bytes > self.max_bytes and len(self.kept) > 1:
+            _, _, gone = self.kept.popleft()
+            self.kept_bytes -= gone
+            self.dropped += gone
+            self.trim_to = self.kept[0][0]
+
+    def _flush(self) -> None:
+        from .queue import get_redis
+
+        self.last_flush = time.monotonic()
+        if not self.pending:
+            return
+        lines, self.pending = self.pending, []
+        if self.trim_to:
+            lines = [(n, t) for n, t in lines if n >= self.trim_to]
+        try:
+            with get_redis().pipeline(transaction=False) as pipe:
+                for number, text in lines:
+                    pipe.xadd(self.key, {"l": text}, id=f"0-{number}")
+                if self.trim_to:
+                    pipe.xtrim(self.key, minid=f"0-{self.trim_to}", approximate=False)
+                pipe.expire(self.key, STREAM_TTL)
+                pipe.execute()
+        except Exception as exc:  # Redis down: followers miss these lines; the SQL tail keeps them
+            log.debug("could not stream log lines: %s", exc)
+
+    def _end(self, ttl: int) -> None:
+        from .queue import get_redis
+
+        try:
+            with get_redis().pipeline(transaction=False) as pipe:
+                pipe.xadd(self.key, {"end": "1"}, id=f"0-{self.seq + 1}")
+                pipe.expire(self.key, ttl)
+                pipe.execute()
+        except Exception as exc:
+            log.debug("could not end the log stream: %s", exc)
+
+    def text(self) -> str:
+        """The kept tail, one line per line."""
+        return "".join(text + "\n" for _, text, _ in list(self.kept))
+
+    def _store(self) -> bool:
+        try:
+            store_log(self.job_id, self.attempt, self.text(), self.dropped)
+            return True
+        except Exception as exc:  # the stream keeps the lines for a day; `jobctl logs` reads it then
+            log.warning("could not store the log of job %s: %s", self.job_id, exc)
+            return False
+
+
+def _flush_std() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+
+
+def start_capture(job_id: int, attempt: int, rq_id: str) -> LogCapture | None:
+    """Capture the running task's output, or None when logs are off (JOBCTL_LOG_MAX_BYTES=0)."""
+    from .config import get_settings
+
+    max_bytes = get_settings().log_max_bytes
+    if max_bytes <= 0:
+        return None
+    capture = LogCapture(job_id, attempt, rq_id, max_bytes)
+    try:
+        capture.start()
+    except OSError as exc:  # out of file descriptors: run the task without a log
+        log.warning("could not capture the output of job %s: %s", job_id, exc)
+        return None
+    return capture
+
+
+# ---------------------------------------------------------------- SQL
+
+
+def store_log(job_id: int, attempt: int, text: str, dropped: int) -> None:
+    """Keep an attempt's log tail (replacing any earlier copy of it)."""
+    from . import store
+    from .models import utcnow
+
+    table = job_log_table()
+    with store.begin() as conn:
+        conn.execute(sa.delete(table).where(table.c.job_id == job_id, table.c.attempt == attempt))
+        conn.execute(
+            sa.insert(table).values(
+                job_id=job_id, attempt=attempt, text=text, dropped=dropped, created_at=utcnow()
+            )
+        )
