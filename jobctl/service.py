@@ -414,13 +414,11 @@ def task_list() -> list[Any]:
 def effective_config() -> list[tuple[str, str]]:
     """Every setting with its effective value, secrets masked, and each backend's mode."""
     s = get_settings()
-    redis_value = s.resolved_redis_url()
     rows = [
         ("database", mask_url(s.resolved_database_url())),
         ("database mode", "embedded (SQLite in the data directory)" if s.database_is_embedded else "server"),
-        ("redis", mask_url(redis_value) if redis_value else "embedded (started on first use)"),
-        ("redis mode", "embedded (redis-server on a unix socket)" if s.redis_is_embedded else "server"),
-        ("data dir", str(s.data_dir)),
+        *_redis_config(),
+        ("data dir", str(s.data_dir.expanduser().resolve())),
         ("JOBCTL_TASKS", s.tasks or "(none)"),
         ("JOBCTL_DEFAULT_QUEUE", s.default_queue),
         ("JOBCTL_JOB_TIMEOUT", f"{s.job_timeout} s"),
@@ -436,6 +434,23 @@ def effective_config() -> list[tuple[str, str]]:
     if s.redis_password:
         rows.append(("REDIS_PASSWORD", "***"))
     return rows
+
+
+def _redis_config() -> list[tuple[str, str]]:
+    """Where Redis is, and for the embedded server whether it runs and which binary it uses."""
+    s = get_settings()
+    url = s.resolved_redis_url()
+    if url is not None:
+        return [("redis", mask_url(url)), ("redis mode", "server")]
+    from .embedded import INSTALL_HINT, layout, status
+
+    found = status(s.data_dir)
+    state = f"running (pid {found.pid})" if found.pid else "not running (starts on first use)"
+    return [
+        ("redis", layout(s.data_dir).url),
+        ("redis mode", f"embedded redis-server on a unix socket, {state}"),
+        ("redis binary", found.binary or f"none found: {INSTALL_HINT}"),
+    ]
 
 
 def merged_args(base: Mapping[str, Any], items: Iterable[str]) -> dict[str, Any]:
