@@ -53,14 +53,26 @@ class Ticker(threading.Thread):
         """Take over RQ's scheduler (it moves `--at`/`--in` jobs and retry backoffs onto their queues)
         when no live scheduler holds this worker's queues."""
         scheduler = getattr(self.worker, "scheduler", None)
-        if scheduler is None or self.burst or getattr(self.worker, "_stop_requested", False):
+        if scheduler is None or self.burst or self.stopped.is_set() or self._worker_stopping():
             return
         process = getattr(scheduler, "_process", None)
         if process is not None and process.is_alive():
             return
         scheduler.acquire_locks(auto_start=True)
 
+    def _worker_stopping(self) -> bool:
+        # RQ marks a warm shutdown with _shutdown_requested_date (idle) or _stop_requested (busy).
+        worker = self.worker
+        requested = getattr(worker, "_shutdown_requested_date", None)
+        return bool(getattr(worker, "_stop_requested", False) or requested is not None)
+
     def stop(self) -> None:
-        """Stop ticking (the current round finishes)."""
+        """Stop ticking (the current round finishes), and stop a scheduler this ticker started after
+        the worker had stopped its own (a live scheduler child would keep the worker from exiting)."""
         self.stopped.set()
-        self.join(5)
+        if self.is_alive():
+            self.join(5)
+        scheduler = getattr(self.worker, "scheduler", None)
+        process = getattr(scheduler, "_process", None)
+        if process is not None and process.is_alive():
+            self.worker.stop_scheduler()

@@ -36,11 +36,15 @@ def at(row: dict, key: str) -> datetime:
     return datetime.fromisoformat(row[key])
 
 
-def test_a_chain_runs_in_order_and_shows_what_it_waits_for(cli, start_worker) -> None:
+def test_chains_run_in_order_and_failures_cancel_their_dependents(cli, start_worker) -> None:
     start_worker(wait=False)
     first = submit(cli, "first", "-t", "sleep", "-a", "seconds=1")
     second = submit(cli, "second", "-t", "noop", "--after", str(first))
     third = submit(cli, "third", "-t", "noop", "--after", str(second), "--after-any", str(first))
+    doomed = submit(cli, "doomed", "-t", "boom", "-a", "message=broken", "--after", str(first))
+    child = submit(cli, "child", "-t", "noop", "--after", str(doomed))
+    grandchild = submit(cli, "grandchild", "-t", "noop", "--after", str(child))
+    cleanup = submit(cli, "cleanup", "-t", "noop", "--after-any", str(doomed))
 
     waiting = show(cli, third)
     assert waiting["status"] == "pending" and waiting["blocked"] is True
@@ -50,21 +54,12 @@ def test_a_chain_runs_in_order_and_shows_what_it_waits_for(cli, start_worker) ->
     assert f"{second} (must complete), {first} (any outcome)" in text and "waiting for" in text
     assert f"pending (waiting for {second}, {first})" in cli("list").stdout
 
-    rows = ended(cli, first, second, third)
+    rows = ended(cli, first, second, third, doomed, child, grandchild, cleanup)
     assert [rows[i]["status"] for i in (first, second, third)] == ["completed"] * 3
     assert at(rows[second], "started_at") >= at(rows[first], "completed_at")
     assert at(rows[third], "started_at") >= at(rows[second], "completed_at")
     assert rows[third]["blocked"] is False and "waiting_for" not in show(cli, third)
 
-
-def test_a_failed_dependency_cancels_its_dependents_with_a_reason(cli, start_worker) -> None:
-    start_worker(wait=False)
-    doomed = submit(cli, "doomed", "-t", "boom", "-a", "message=broken")
-    child = submit(cli, "child", "-t", "noop", "--after", str(doomed))
-    grandchild = submit(cli, "grandchild", "-t", "noop", "--after", str(child))
-    cleanup = submit(cli, "cleanup", "-t", "noop", "--after-any", str(doomed))
-
-    rows = ended(cli, doomed, child, grandchild, cleanup)
     assert rows[doomed]["status"] == "failed"
     assert rows[child]["status"] == "cancelled" and rows[child]["started_at"] is None
     assert rows[child]["error"] == f"cancelled: dependency {doomed} failed"
@@ -109,17 +104,22 @@ def test_unknown_dependencies_are_refused_before_anything_is_stored(cli) -> None
     assert json.loads(cli("list", "--json").stdout) == []
 
 
-def test_a_dependency_ended_by_any_path_releases_its_dependents(cli, start_worker) -> None:
-    """The workers' sweep resolves waits whose dependency ended without jobctl resolving them (here a
-    row failed directly, as reconciliation does for a lost worker); the reconciler never queues a
+def test_a_dependency_ended_by_any_path_releases_its_dependents(cli) -> None:
+    """The workers' ticker sweeps for waits whose dependency ended without resolving them (here a row
+    failed directly, as reconciliation does for a lost worker); the reconciler never queues a
     waiting job on its own."""
-    from jobctl import store
+    from jobctl import queue, reconcile, store
+    from jobctl.ticker import Ticker
 
-    start_worker(wait=False)
     parked = submit(cli, "parked", "-t", "noop", "--in", "1h")
     needs = submit(cli, "needs", "-t", "noop", "--after", str(parked))
     anyway = submit(cli, "anyway", "-t", "noop", "--after-any", str(parked))
+    assert reconcile.run_pass().requeued == []
     assert store.fail_unqueued([parked], "worker lost") == 1
-    rows = ended(cli, needs, anyway)
+    ticker = Ticker(worker=None)
+    ticker.next_sweep = 0
+    ticker.tick()
+    rows = {i: show(cli, i) for i in (needs, anyway)}
     assert rows[needs]["status"] == "cancelled" and rows[needs]["error"].endswith(f"{parked} failed")
-    assert rows[anyway]["status"] == "completed"
+    assert rows[anyway]["status"] == "pending" and rows[anyway]["blocked"] is False
+    assert f"jobctl-{anyway}-1" in queue.waiting("default").queued
