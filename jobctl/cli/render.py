@@ -148,7 +148,7 @@ def job_detail(view: JobView) -> Table:
         ("completed", Text(_stamp(job.completed_at))),
         ("duration", Text(duration(job_duration(view)))),
     ]
-    if view.live is not None and not job.job_status.is_terminal:
+    if view.live is not None and not job.job_status.is_terminal and not job.blocked:  # blocked: not queued
         state = view.live.rq_status or "missing"
         if view.live.position is not None:
             state += f", position {view.live.position + 1} in queue {job.queue!r}"
