@@ -9,6 +9,16 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from . import app, control
+from .params import (
+    CommandAfterDashes,
+    Output,
+    complete_active_id,
+    complete_job_id,
+    complete_queue,
+    complete_retryable_id,
+    complete_status,
+    complete_task,
+)
 
 if TYPE_CHECKING:
     from ..service import Outcome
@@ -25,17 +35,23 @@ def _read_lines(source: str) -> list[str]:
         raise UsageError(f"cannot read {source!r}: {exc}") from None
 
 
-@app.command()
+@app.command(cls=CommandAfterDashes)
 def submit(
+    ctx: typer.Context,
     name: Annotated[str | None, typer.Argument(help="A name for the job, shown everywhere.")] = None,
-    task: Annotated[str, typer.Option("-t", "--task", help="Registered task to run.")] = "process",
+    task: Annotated[
+        str, typer.Option("-t", "--task", help="Registered task to run.", autocompletion=complete_task)
+    ] = "process",
     arg: Annotated[
         list[str] | None,
         typer.Option("-a", "--arg", help="Task argument KEY=VALUE (JSON when it parses); repeatable."),
     ] = None,
     description: Annotated[str, typer.Option("-d", "--description", help="Free text.")] = "",
     queue: Annotated[
-        str | None, typer.Option("-q", "--queue", help="Queue (default: JOBCTL_DEFAULT_QUEUE).")
+        str | None,
+        typer.Option(
+            "-q", "--queue", help="Queue (default: JOBCTL_DEFAULT_QUEUE).", autocompletion=complete_queue
+        ),
     ] = None,
     timeout: control.Timeout = None,
     retries: Annotated[int, typer.Option("--retries", help="Extra attempts after a failure.")] = 0,
@@ -56,10 +72,19 @@ def submit(
     watch: Annotated[
         bool, typer.Option("-w", "--watch", help="Then watch the new job(s) and exit with watch's code.")
     ] = False,
+    progress_pattern: Annotated[
+        str | None,
+        typer.Option(
+            "--progress-pattern",
+            help="With -- CMD: a regex turning output lines into progress, e.g. '(\\d+)%'.",
+        ),
+    ] = None,
 ) -> None:
-    """Store a pending job, put it on its queue, and print its id."""
+    """Store a pending job, put it on its queue, and print its id. After --, a command to run
+    on a worker started with --allow-shell (a shell job): `submit build -- make -j4`."""
     from .. import service
     from ..errors import UsageError
+    from .params import apply_command
     from .render import print_json
 
     defaults = service.JobRequest(
@@ -83,6 +108,8 @@ def submit(
             after_any=after_any,
         ),
     )
+    if apply_command(ctx, defaults, progress_pattern, from_file):
+        name = defaults.name
     if from_file is not None:
         if name is not None:
             raise UsageError("give either NAME or --from, not both")
@@ -109,14 +136,39 @@ def submit(
 @app.command("list")
 def list_(
     status: Annotated[
-        list[str] | None, typer.Option("-s", "--status", help="Only jobs in this status; repeatable.")
+        list[str] | None,
+        typer.Option(
+            "-s", "--status", help="Only jobs in this status; repeatable.", autocompletion=complete_status
+        ),
     ] = None,
-    task: Annotated[str | None, typer.Option("-t", "--task", help="Only jobs of this task.")] = None,
-    queue: Annotated[str | None, typer.Option("-q", "--queue", help="Only jobs on this queue.")] = None,
+    task: Annotated[
+        str | None, typer.Option("-t", "--task", help="Only jobs of this task.", autocompletion=complete_task)
+    ] = None,
+    queue: Annotated[
+        str | None,
+        typer.Option("-q", "--queue", help="Only jobs on this queue.", autocompletion=complete_queue),
+    ] = None,
     limit: Annotated[int, typer.Option("--limit", help="At most this many jobs (1-1000).")] = 100,
     offset: Annotated[int, typer.Option("--offset", help="Skip this many jobs.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print an array of job objects.")] = False,
     watch: Annotated[bool, typer.Option("--watch", help="Refresh the table in place until Ctrl-C.")] = False,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Only jobs created since: 2h, 7d, or a time (ISO-8601).")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Only jobs whose name matches this glob (* and ?, any case).")
+    ] = None,
+    sort: Annotated[
+        str | None,
+        typer.Option(
+            "--sort",
+            help="Sort by id, name, task, status, queue, attempts, created, started, "
+            "completed, updated or duration; -KEY descending; several, comma-separated.",
+        ),
+    ] = None,
+    output: Annotated[
+        Output | None, typer.Option("-o", "--output", help="table, json, jsonl, or ids (one per line).")
+    ] = None,
 ) -> None:
     """List jobs, newest first."""
     from .. import service
@@ -124,17 +176,30 @@ def list_(
 
     def fetch() -> list[service.JobView]:
         statuses = [s.lower() for s in status or []]
-        return service.list_jobs(statuses=statuses, task=task, queue_name=queue, limit=limit, offset=offset)
+        return service.list_jobs(
+            statuses=statuses,
+            task=task,
+            queue_name=queue,
+            limit=limit,
+            offset=offset,
+            since=since,
+            name=name,
+            sort=sort,
+        )
 
     if watch:
         from ..errors import UsageError
         from .watch import watch_list
 
-        if as_json:
-            raise UsageError("--watch draws the table; it cannot be combined with --json")
+        if as_json or output not in (None, Output.table):
+            raise UsageError("--watch draws the table; it cannot be combined with --json or --output")
         raise typer.Exit(watch_list(fetch))
     views = fetch()
-    if as_json:
+    if output in (Output.jsonl, Output.ids):
+        from .params import print_views
+
+        print_views(views, output)
+    elif as_json or output is Output.json:
         print_json([v.to_public() for v in views])
     elif views:
         stdout().print(jobs_table(views))
@@ -144,7 +209,9 @@ def list_(
 
 @app.command()
 def show(
-    job_id: Annotated[int, typer.Argument(metavar="ID", help="The job's id.")],
+    job_id: Annotated[
+        int, typer.Argument(metavar="ID", help="The job's id.", autocompletion=complete_job_id)
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print the job object as JSON.")] = False,
 ) -> None:
     """Show every field of a job, with live progress while it runs."""
@@ -172,16 +239,34 @@ def _report(outcomes: list[Outcome]) -> None:
 
 
 @app.command()
-def cancel(ids: Annotated[list[int], typer.Argument(metavar="ID...", help="Jobs to cancel.")]) -> None:
+def cancel(
+    ids: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="ID...", help="Jobs to cancel; - reads ids from stdin.", autocompletion=complete_active_id
+        ),
+    ],
+) -> None:
     """Cancel jobs: pending ones never start, running ones are stopped."""
     from .. import service
+    from .params import read_ids
 
-    _report([service.cancel_job(i) for i in ids])
+    _report([service.cancel_job(i) for i in read_ids(ids)])
 
 
 @app.command()
-def retry(ids: Annotated[list[int], typer.Argument(metavar="ID...", help="Jobs to retry.")]) -> None:
+def retry(
+    ids: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="ID...",
+            help="Jobs to retry; - reads ids from stdin.",
+            autocompletion=complete_retryable_id,
+        ),
+    ],
+) -> None:
     """Queue failed or cancelled jobs again for another attempt."""
     from .. import service
+    from .params import read_ids
 
-    _report([service.retry_job(i) for i in ids])
+    _report([service.retry_job(i) for i in read_ids(ids)])

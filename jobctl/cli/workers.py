@@ -7,12 +7,19 @@ from typing import Annotated
 import typer
 
 from . import app
+from .params import complete_queue
 
 
 @app.command()
 def worker(
     queue: Annotated[
-        list[str] | None, typer.Option("-q", "--queue", help="Queue to serve, in priority order; repeatable.")
+        list[str] | None,
+        typer.Option(
+            "-q",
+            "--queue",
+            help="Queue to serve, in priority order; repeatable.",
+            autocompletion=complete_queue,
+        ),
     ] = None,
     concurrency: Annotated[
         int, typer.Option("-c", "--concurrency", min=1, max=64, help="Number of worker processes.")
@@ -21,8 +28,17 @@ def worker(
     max_jobs: Annotated[
         int | None, typer.Option("--max-jobs", min=1, help="Restart a worker after this many jobs.")
     ] = None,
+    allow_shell: Annotated[
+        bool,
+        typer.Option(
+            "--allow-shell",
+            help="Also run shell-command jobs (each queue's QUEUE.shell). Anyone who can submit jobs "
+            "can then run any command as this worker's user.",
+        ),
+    ] = False,
 ) -> None:
     """Run workers (with the scheduler). SIGTERM/Ctrl-C finishes current jobs; a second one stops them."""
+    from .. import shell
     from ..config import get_settings
     from ..errors import UsageError
     from ..tasks import load_task_modules
@@ -32,7 +48,10 @@ def worker(
         if not name or any(c.isspace() for c in name):
             raise UsageError(f"invalid queue name {name!r}")
     load_task_modules(get_settings().task_modules)
-    run_workers(queue or [], concurrency=concurrency, burst=burst, max_jobs=max_jobs)
+    names = shell.worker_queues(queue or [get_settings().default_queue], allow_shell)
+    if allow_shell:
+        shell.allow_in_this_process()
+    run_workers(names, concurrency=concurrency, burst=burst, max_jobs=max_jobs)
 
 
 @app.command()

@@ -1,0 +1,271 @@
+"""The operator's commands: wait, stats, prune, list filters and output, ids from stdin, completion."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from tests.conftest import cli_env, reset_caches
+
+
+@pytest.fixture
+def ops_env(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The usual environment with the operator-view test tasks registered too."""
+    monkeypatch.setenv("JOBCTL_TASKS", "tests.sample_tasks,tests.ops_tasks")
+    reset_caches()
+    return dict(os.environ)
+
+
+def submit(cli, *args: str) -> int:
+    out = cli("submit", *args)
+    assert out.exit_code == 0, out
+    return int(out.stdout)
+
+
+def ids_of(cli, *args: str) -> list[int]:
+    out = cli("list", "-o", "ids", *args)
+    assert out.exit_code == 0, out
+    return [int(line) for line in out.stdout.split()]
+
+
+def set_times(job_ids: list[int], **ages: timedelta) -> None:
+    """Move rows' timestamps into the past: `completed=timedelta(days=10)` and so on."""
+    from jobctl import store
+
+    now = datetime.now(UTC)
+    values = {f"{key}_at": now - age for key, age in ages.items()}
+    if "completed_at" in values:
+        values["updated_at"] = values["completed_at"]
+    with store.begin() as conn:
+        conn.execute(sa.update(store.JOB).where(store.JOB.c.id.in_(job_ids)).values(**values))
+
+
+def test_wait_stats_and_prune_on_jobs_a_worker_ran(ops_env, cli, run, start_worker):
+    from jobctl import queue, store
+
+    start_worker()
+    talk = submit(cli, "talk", "-t", "chatty", "-a", "lines=2")
+    quiet = submit(cli, "quiet", "-t", "noop")
+    bad = submit(cli, "bad", "-t", "boom", "-a", "message=it broke")
+    idle = submit(cli, "idle", "-t", "noop", "-q", "idle")
+
+    # wait: exit 0 only when every job completed; each outcome is reported as it comes.
+    done = cli("wait", str(talk), str(quiet))
+    assert done.exit_code == 0, done
+    assert f"job {talk} completed" in done.stderr and f"job {quiet} completed" in done.stderr
+    mixed = cli("wait", str(quiet), str(bad))
+    assert mixed.exit_code == 1
+    assert f"job {bad} failed: ValueError: it broke" in mixed.stderr
+    piped = cli("wait", "-", "--json", input=f"{talk}\n{quiet}\n")
+    assert piped.exit_code == 0
+    assert [j["id"] for j in json.loads(piped.stdout)] == [talk, quiet]
+    timed_out = cli("wait", str(idle), "--timeout", "0.3s")
+    assert timed_out.exit_code == 1
+    assert timed_out.stderr.strip().endswith(
+        f"Error: timed out after 0.3s waiting for job(s) {idle} (pending)"
+    )
+    assert cli("wait", str(talk), "999").exit_code == 3
+    assert cli("wait", str(talk), "--timeout", "soon").exit_code == 2
+
+    # stats: figures for machines, charts for people.
+    stats = json.loads(cli("stats", "--json").stdout)
+    assert stats["counts"] == {"pending": 1, "processing": 0, "completed": 2, "failed": 1, "cancelled": 0}
+    assert sum(stats["throughput"]["completed"]) == 2 and sum(stats["throughput"]["failed"]) == 1
+    assert stats["throughput"]["bucket_seconds"] == 3600 and len(stats["throughput"]["completed"]) == 24
+    by_task = {d["task"]: d for d in stats["durations"]}
+    assert set(by_task) == {"chatty", "noop"}
+    assert 0 <= by_task["noop"]["p50"] <= by_task["noop"]["p95"] <= by_task["noop"]["max"]
+    queues = {q["name"]: q for q in stats["queues"]}
+    assert queues["idle"] == {"name": "idle", "queued": 1, "pending": 1, "processing": 0}
+    assert stats["workers"]["total"] == 1
+    table = run("stats", "--since", "2h")
+    assert table.returncode == 0, table.stderr
+    for text in ("Jobs created (last 2h)", "Queues", "idle", "Workers: 1 live", "P95", "chatty"):
+        assert text in table.stdout, text
+    assert "█" in table.stdout and "▁" in table.stdout
+    assert cli("stats", "--since", "yesterday-ish").exit_code == 2
+
+    # prune: only terminal jobs that ended before the cutoff, with what Redis and job_log hold of them.
+    set_times([talk, quiet], completed=timedelta(days=10))
+    redis = queue.get_redis()
+    assert redis.exists(f"rq:job:jobctl-{talk}-1", f"jobctl:log:jobctl-{talk}-1") == 2
+    dry = cli("prune", "--older-than", "7d", "--dry-run")
+    assert dry.exit_code == 0, dry
+    assert "talk" in dry.stdout and "quiet" in dry.stdout and "bad" not in dry.stdout
+    assert "Would delete 2 job(s) that ended more than 7d ago (completed 2)." in dry.stderr
+    unconfirmed = cli("prune", "--older-than", "7d")
+    assert unconfirmed.exit_code == 2 and "--yes" in unconfirmed.stderr
+    assert cli("prune", "--older-than", "7d", "-s", "pending").exit_code == 2
+    assert store.get_job(talk) is not None
+
+    pruned = cli("prune", "--older-than", "7d", "--yes")
+    assert pruned.exit_code == 0, pruned
+    assert "Deleted 2 job(s) (completed 2)." in pruned.stderr
+    assert cli("show", str(talk)).exit_code == 3 and cli("show", str(quiet)).exit_code == 3
+    assert store.get_job(bad) is not None and store.get_job(idle) is not None
+    assert redis.exists(f"rq:job:jobctl-{talk}-1", f"rq:job:jobctl-{quiet}-1") == 0
+    assert redis.exists(f"jobctl:log:jobctl-{talk}-1", f"rq:results:jobctl-{talk}-1") == 0
+    assert redis.zscore("rq:finished:default", f"jobctl-{talk}-1") is None
+    with store.get_engine().connect() as conn:
+        assert (
+            conn.execute(sa.text("SELECT count(*) FROM job_log WHERE job_id = :i"), {"i": talk}).scalar() == 0
+        )
+    again = cli("prune", "--older-than", "7d", "--yes")
+    assert again.exit_code == 0 and "Nothing to prune" in again.stderr
+
+
+def test_prune_asks_before_deleting_on_a_terminal(env, cli):
+    pexpect = pytest.importorskip("pexpect")
+    old = [submit(cli, f"old {n}", "-q", "nowhere") for n in range(3)]
+    assert cli("cancel", *map(str, old)).exit_code == 0
+    set_times(old, completed=timedelta(days=3))
+
+    def prune(answer: str) -> tuple[int, str]:
+        child = pexpect.spawn(
+            sys.executable, ["-m", "jobctl", "prune", "--older-than", "1d"], env=cli_env(), encoding="utf-8"
+        )
+        child.expect(r"Delete 3 job\(s\) that ended more than 1d ago \(cancelled 3\)\? \[y/N\]", timeout=30)
+        child.sendline(answer)
+        child.expect(pexpect.EOF, timeout=30)
+        child.close()
+        return child.exitstatus, child.before
+
+    code, _ = prune("n")
+    assert code == 1
+    assert len(ids_of(cli)) == 3
+    code, output = prune("y")
+    assert code == 0 and "Deleted 3 job(s) (cancelled 3)." in output
+    assert ids_of(cli) == []
+
+
+def test_list_filters_sorts_and_prints_for_scripts(env, cli):
+    backup = submit(cli, "Backup nightly", "-q", "nowhere")
+    weekly = submit(cli, "backup_weekly", "-q", "nowhere")
+    percent = submit(cli, "100% done", "-q", "nowhere")
+    report = submit(cli, "report", "-q", "nowhere")
+    set_times([backup], created=timedelta(days=3))
+    set_times([weekly], started=timedelta(seconds=10), completed=timedelta(seconds=5))
+    set_times([percent], started=timedelta(seconds=2), completed=timedelta(seconds=1))
+
+    assert ids_of(cli) == [report, percent, weekly, backup]
+    assert ids_of(cli, "--since", "1d") == [report, percent, weekly]
+    since = (datetime.now(UTC) - timedelta(days=1)).isoformat()
+    assert ids_of(cli, "--since", since) == [report, percent, weekly]
+    assert ids_of(cli, "--name", "backup*") == [weekly, backup]  # any case
+    assert ids_of(cli, "--name", "backup_*") == [weekly]  # _ and % are literal
+    assert ids_of(cli, "--name", "100%*") == [percent]
+    assert ids_of(cli, "--name", "rep?rt") == [report]
+    assert ids_of(cli, "--sort", "id") == [backup, weekly, percent, report]
+    assert ids_of(cli, "--sort", "-duration") == [weekly, percent, report, backup]
+    assert ids_of(cli, "--sort", "duration,-id")[:2] == [percent, weekly]
+    assert ids_of(cli, "--sort", "created", "--limit", "1") == [backup]
+
+    lines = cli("list", "-o", "jsonl", "--name", "*weekly").stdout.splitlines()
+    assert [json.loads(line)["name"] for line in lines] == ["backup_weekly"]
+    assert [j["id"] for j in json.loads(cli("list", "--output", "json").stdout)] == [
+        report,
+        percent,
+        weekly,
+        backup,
+    ]
+    assert "Backup nightly" in cli("list", "-o", "table").stdout
+
+    for args, message in (
+        (["--sort", "colour"], "cannot sort by 'colour'"),
+        (["--since", "last tuesday"], "invalid time 'last tuesday'"),
+        (["-o", "xml"], "Invalid value for '-o'"),
+        (["--watch", "-o", "ids"], "--watch draws the table"),
+    ):
+        out = cli("list", *args)
+        assert out.exit_code == 2 and message in out.stderr, (args, out)
+
+
+def test_cancel_and_retry_read_ids_piped_from_list(env, cli):
+    jobs = [submit(cli, f"job {n}", "-q", "nowhere") for n in range(3)]
+
+    def shell(pipeline: str) -> subprocess.CompletedProcess[str]:
+        jobctl = f"{sys.executable} -m jobctl"
+        return subprocess.run(
+            pipeline.format(jobctl=jobctl),
+            shell=True,
+            capture_output=True,
+            text=True,
+            env=cli_env(),
+            timeout=60,
+        )
+
+    cancelled = shell("{jobctl} list -s pending -o ids | {jobctl} cancel -")
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert ids_of(cli, "-s", "cancelled") == sorted(jobs, reverse=True)
+    retried = cli("retry", "-", input=cli("list", "-s", "cancelled", "-o", "ids").stdout)
+    assert retried.exit_code == 0, retried
+    assert ids_of(cli, "-s", "pending") == sorted(jobs, reverse=True)
+
+    assert cli("cancel", "-", input="").exit_code == 2
+    bad = cli("cancel", "-", input=f"{jobs[0]} seven\n")
+    assert bad.exit_code == 2 and bad.stderr.strip() == "Error: invalid job id 'seven': ids are whole numbers"
+    assert ids_of(cli, "-s", "pending") == sorted(jobs, reverse=True)  # nothing done on bad input
+    mixed = cli("cancel", str(jobs[0]), "-", input=f"{jobs[1]}\n424242\n")
+    assert mixed.exit_code == 3
+    assert f"cancelled job {jobs[1]}" in mixed.stderr and "Error: job 424242 not found" in mixed.stderr
+
+
+def test_completion_offers_ids_with_status_tasks_and_queues(env, cli, tmp_path):
+    from jobctl.cli.params import (
+        complete_active_id,
+        complete_job_id,
+        complete_queue,
+        complete_retryable_id,
+        complete_status,
+        complete_task,
+    )
+
+    lines = "".join(json.dumps({"name": f"[b]job[/b] {n}", "queue": "nightly"}) + "\n" for n in range(12))
+    ids = [int(i) for i in cli("submit", "--from", "-", input=lines).stdout.split()]
+    assert cli("cancel", str(ids[0])).exit_code == 0
+
+    everything = complete_job_id([], "")
+    assert [int(v) for v, _ in everything] == sorted(ids, reverse=True)
+    assert dict(everything)[str(ids[0])] == "cancelled  \\[b]job\\[/b] 0"
+    assert [v for v, _ in complete_job_id([], "1")] == ["12", "11", "10", "1"]
+    assert [v for v, _ in complete_retryable_id([], "")] == [str(ids[0])]
+    active = [v for v, _ in complete_active_id(["12"], "1")]
+    assert active == ["11", "10"]  # cancelled 1 and already typed 12 are left out
+    assert complete_job_id([], "x") == []
+    assert ("health_check", "Return a healthy status with the worker's current time.") in complete_task("he")
+    assert complete_queue("ni") == ["nightly"]
+    assert complete_queue("") == ["default", "nightly"]
+    assert complete_status("fa") == ["failed"]
+
+    def complete(words: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        env_vars = {
+            "_JOBCTL_COMPLETE": "complete_bash",
+            "COMP_WORDS": words,
+            "COMP_CWORD": str(len(words.split(" ")) - 1),
+            **extra,
+        }
+        return subprocess.run(
+            [sys.executable, "-m", "jobctl"],
+            capture_output=True,
+            text=True,
+            env=cli_env(env_vars),
+            timeout=60,
+        )
+
+    real = complete("jobctl cancel 1")
+    assert real.returncode == 0 and real.stderr == ""
+    assert real.stdout.split() == ["12", "11", "10"]
+
+    # No database yet, or one that does not answer: no suggestions, no error, nothing created.
+    fresh = tmp_path / "fresh"
+    nothing = complete("jobctl show ", DATABASE_URL=f"sqlite:///{fresh / 'jobctl.db'}")
+    assert (nothing.returncode, nothing.stdout.strip(), nothing.stderr) == (0, "", "")
+    assert not fresh.exists()
+    down = complete("jobctl show ", DATABASE_URL="postgresql://nobody@127.0.0.1:1/none")
+    assert (down.returncode, down.stdout.strip(), down.stderr) == (0, "", "")
