@@ -167,6 +167,13 @@ class DemoRun:
                 if job_id in rows and not rows[job_id].job_status.is_terminal:
                     service.cancel_job(job_id)
 
+    def running_workers(self, wait: float = 0.0) -> int:
+        """How many workers still run, after waiting up to `wait` seconds for them to leave on their own."""
+        deadline = time.monotonic() + wait
+        while any(w.poll() is None for w in self.workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return sum(w.poll() is None for w in self.workers)
+
     def stop(self, timeout: float = 15.0) -> None:
         """Stop the workers (SIGTERM: each finishes its current job), killing any that do not exit in time."""
         for worker in self.workers:

@@ -259,7 +259,8 @@ def _start_server(lay: Layout) -> None:
 
 def _ensure_watchdog(lay: Layout) -> None:
     pid = read_pid(lay.work / WATCHDOG_PID)
-    if pid is not None and "embedded_watchdog" in (command_line(pid) or ""):
+    title = command_line(pid) if pid is not None else None
+    if title and "embedded_watchdog" in title and str(lay.sock) in title:
         return
     # -I -S: the watchdog needs nothing but the standard library, so it starts fast and small.
     cmd = [sys.executable, "-I", "-S", str(WATCHDOG), str(lay.work), str(lay.sock)]

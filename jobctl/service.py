@@ -425,6 +425,7 @@ def effective_config() -> list[tuple[str, str]]:
         ("JOBCTL_SOFT_TIMEOUT", f"{s.soft_timeout} s" if s.soft_timeout else "off"),
         ("JOBCTL_RESULT_TTL", f"{s.result_ttl} s"),
         ("JOBCTL_WORKER_MAX_JOBS", str(s.worker_max_jobs)),
+        ("JOBCTL_LOG_MAX_BYTES", f"{s.log_max_bytes} bytes per attempt" if s.log_max_bytes else "off"),
         ("JOBCTL_CANCEL_GRACE", f"{s.cancel_grace:g} s"),
         ("JOBCTL_PROGRESS_INTERVAL", f"{s.progress_interval:g} s"),
         ("JOBCTL_RECONCILE_INTERVAL", f"{s.reconcile_interval:g} s"),
@@ -449,6 +450,7 @@ def _redis_config() -> list[tuple[str, str]]:
     return [
         ("redis", layout(s.data_dir).url),
         ("redis mode", f"embedded redis-server on a unix socket, {state}"),
+        ("redis data", str(found.work)),
         ("redis binary", found.binary or f"none found: {INSTALL_HINT}"),
     ]
 

@@ -76,7 +76,7 @@ def test_ctrl_c_cancels_the_demo_jobs_and_stops_its_workers(zero_setup, tmp_path
         demo = subprocess.Popen([sys.executable, "-m", "jobctl", "demo"], stdout=out_file, stderr=err_file)
         try:
             db = zero_setup / "jobctl.db"
-            wait_for(lambda: "Started 2 workers" in err.read_text(), 60)
+            wait_for(lambda: "started 2 workers" in err.read_text(), 60)
             wait_for(lambda: any(status == "processing" for *_, status in demo_rows(db)), 60)
             demo.send_signal(signal.SIGINT)
             assert demo.wait(60) == 130, err.read_text()

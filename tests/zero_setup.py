@@ -84,8 +84,9 @@ def kill_leftovers(data_dir: Path) -> None:
 def zero_setup_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
     """No Redis or database configured; a fresh, short data directory. Yields the data directory."""
     clear_backend_settings(monkeypatch)
-    # Short, so the socket lives in the data directory itself (the long-path fallback is tested apart).
-    data_dir = Path(tempfile.mkdtemp(prefix="jobctl-test-", dir="/tmp"))
+    # Short, so the socket lives in the data directory itself (the long-path fallback is tested apart),
+    # and with a space, as in macOS's "Application Support", for paths in URLs and command lines.
+    data_dir = Path(tempfile.mkdtemp(prefix="jobctl test-", dir="/tmp"))
     monkeypatch.setenv("JOBCTL_DATA_DIR", str(data_dir))
     monkeypatch.setenv("JOBCTL_TASKS", "tests.sample_tasks")
     monkeypatch.setenv("JOBCTL_PROGRESS_INTERVAL", "0.05")

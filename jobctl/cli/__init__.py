@@ -45,9 +45,9 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-from . import dashboard, jobs, ops, schedule, system, watch, workers  # noqa: E402  (commands register on `app`)
+from . import dashboard, demo, jobs, ops, schedule, system, watch, workers  # noqa: E402  (commands register on `app`)
 
-__all__ = ["app", "dashboard", "jobs", "main", "ops", "schedule", "system", "watch", "workers"]
+__all__ = ["app", "dashboard", "demo", "jobs", "main", "ops", "schedule", "system", "watch", "workers"]
 
 
 def main() -> None:

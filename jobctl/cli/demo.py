@@ -26,11 +26,12 @@ def demo() -> None:
         run = showcase.DemoRun.prepare()
         try:
             err.print(_where())
+            run.submit()  # first: the workers are --burst workers, leaving once the queue is empty
             run.start_workers()
-            run.submit()
             err.print(
-                f"Started {len(run.workers)} workers on queue {showcase.DEMO_QUEUE!r} and submitted "
-                f"{len(run.ids)} `process` jobs (ids {run.ids[0]}-{run.ids[-1]}); one is designed to fail."
+                f"Submitted {len(run.ids)} `process` jobs (ids {run.ids[0]}-{run.ids[-1]}, one designed to "
+                f"fail) and started {len(run.workers)} workers on queue {showcase.DEMO_QUEUE!r}. "
+                "Ctrl-C ends the demo, its jobs and its workers."
             )
             with run.guarded():
                 code = watch_jobs(run.ids, interval=0.5)
@@ -39,11 +40,16 @@ def demo() -> None:
             if code == 130:
                 raise KeyboardInterrupt
             outcomes = run.outcomes()
+        except KeyboardInterrupt:
+            run.cancel_unfinished()
+            _stop(run)
+            err.print("Cancelled the demo's unfinished jobs and stopped its workers.")
+            raise
         except BaseException:
             run.cancel_unfinished()
             _stop(run)
             raise
-        _stop(run)
+        _stop(run, wait=3.0)
     stdout().print(summary_table(outcomes))
     unexpected = [o for o in outcomes if not o.as_designed]
     if unexpected:
@@ -70,10 +76,11 @@ def _where() -> str:
     return f"jobctl demo: {redis}, records in {database} ({settings.data_dir})."
 
 
-def _stop(run: DemoRun) -> None:
+def _stop(run: DemoRun, wait: float = 0.0) -> None:
+    """Stop the demo's workers; after a normal run they are given `wait` seconds to leave by themselves."""
     from .render import stderr
 
-    if any(w.poll() is None for w in run.workers):
+    if run.running_workers(wait):
         stderr().print("Stopping the demo's workers...")
     run.stop()
 
