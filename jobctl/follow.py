@@ -9,6 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from . import store
 from .logs import job_log_table, stream_key
 
 
@@ -29,9 +30,10 @@ def _tail(lines: list[str], tail: int | None) -> list[str]:
     return lines[-tail:] if tail > 0 else []
 
 
+@store.guarded
 def read_attempt(job_id: int, attempt: int, tail: int | None = None) -> AttemptLog:
     """An attempt's log: the stored tail, else what its Redis stream still holds."""
-    from . import queue, store
+    from . import queue
 
     table = job_log_table()
     with store.get_engine().connect() as conn:
@@ -98,7 +100,18 @@ def follow(
     job_ids: Sequence[int], tail: int | None = None, poll: float = 0.5, block_ms: int = 250
 ) -> Iterator[LogEvent]:
     """Lines of the jobs as they are written, until every job has ended (several jobs interleave)."""
-    from . import queue, store
+    from redis import exceptions as rexc
+
+    from . import queue
+
+    try:
+        yield from _follow(job_ids, tail, poll, block_ms)
+    except (rexc.ConnectionError, rexc.TimeoutError) as exc:
+        raise queue.redis_error(queue.redis_url(), exc) from None
+
+
+def _follow(job_ids: Sequence[int], tail: int | None, poll: float, block_ms: int) -> Iterator[LogEvent]:
+    from . import queue
 
     followed = {i: _Followed(i) for i in job_ids}
     rows = store.get_jobs(list(followed))
@@ -139,7 +152,7 @@ def follow(
 
 def _check_row(state: _Followed, job: Any) -> Iterator[LogEvent]:
     """React to what the row says: a new attempt started, or the job ended."""
-    from . import queue, store
+    from . import queue
 
     terminal = store.is_terminal(job.status)
     if state.attempt and (terminal or job.attempts != state.attempt):

@@ -159,6 +159,8 @@ def shell(command: list[str], progress_pattern: str | None = None) -> dict[str, 
         raise CommandFailed(f"command not found: {command[0]}") from None
     except OSError as exc:
         raise CommandFailed(f"cannot run {command[0]}: {exc.strerror or exc}") from None
+    grace = get_settings().cancel_grace * 0.7  # within the grace the worker gives this process
+    guard = _guard(proc.pid, grace)
     tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
     assert proc.stdout is not None and proc.stderr is not None
     pumps = [
@@ -170,16 +172,48 @@ def shell(command: list[str], progress_pattern: str | None = None) -> dict[str, 
     try:
         code = proc.wait()
     except BaseException:
-        # Cancelled (SIGTERM), timed out or interrupted: the whole group goes, within the grace the
-        # worker gives this process before it kills it.
-        stop_group(proc, get_settings().cancel_grace * 0.7)
+        # Cancelled (SIGTERM), timed out or interrupted: the whole group goes.
+        stop_group(proc, grace)
         raise
     finally:
         for pump in pumps:
             pump.join(2)
+        _release(guard)
     if code != 0:
         raise CommandFailed(failure_text(code, list(tail)))
     return {"exit_code": 0, "seconds": round(time.monotonic() - started, 3)}
+
+
+# Waits on its stdin: "done" means the command ended; end of file means this process died without
+# cleaning up (killed by the worker's cold shutdown, a hard time limit, OOM), so the guard does it.
+_GUARD_SCRIPT = (
+    'read line; [ "$line" = done ] && exit 0; '
+    'kill -TERM "-$1" 2>/dev/null; sleep "$2"; kill -KILL "-$1" 2>/dev/null; exit 0'
+)
+
+
+def _guard(pgid: int, grace: float) -> subprocess.Popen[bytes] | None:
+    """A tiny `sh` that ends the command's process group if this process dies before the command."""
+    try:
+        return subprocess.Popen(
+            ["sh", "-c", _GUARD_SCRIPT, "jobctl-shell-guard", str(pgid), f"{grace:.2f}"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # out of reach of a kill aimed at this process's group
+        )
+    except OSError:
+        return None
+
+
+def _release(guard: subprocess.Popen[bytes] | None) -> None:
+    if guard is None or guard.stdin is None:
+        return
+    with contextlib.suppress(OSError):
+        guard.stdin.write(b"done\n")
+        guard.stdin.close()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        guard.wait(5)
 
 
 def failure_text(code: int, stderr_tail: list[str]) -> str:

@@ -84,6 +84,7 @@ def bucket_size(window: float, buckets: int = BUCKETS) -> int:
     return math.ceil(wanted / NICE_BUCKETS[-1]) * NICE_BUCKETS[-1]
 
 
+@store.guarded
 def collect(since: str = "24h", now: datetime | None = None) -> Stats:
     """Figures for the jobs created (counts) or ended (throughput, durations) since `since`."""
     now = now or datetime.now(UTC)

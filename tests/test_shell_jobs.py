@@ -95,6 +95,22 @@ def test_commands_run_on_an_allow_shell_worker(env, cli, start_worker, tmp_path)
     assert wait_for(ended(cli, stubborn), 5)["status"] == "cancelled"
     wait_for(lambda: gone(shell_pid) and gone(child_pid), 5)
 
+    # The job's process killed outright (a cold shutdown, the OOM killer): its guard still ends the group.
+    pids = tmp_path / "pids-killed"
+    doomed = submit(
+        cli,
+        "doomed",
+        "--",
+        "sh",
+        "-c",
+        f"sleep 60 & echo $$ $PPID $! > {pids}.tmp; mv {pids}.tmp {pids}; wait",
+    )
+    wait_for(pids.exists, 30)
+    shell_pid, horse_pid, child_pid = (int(p) for p in pids.read_text().split())
+    os.kill(horse_pid, signal.SIGKILL)
+    assert wait_for(ended(cli, doomed), 30)["status"] == "failed"
+    wait_for(lambda: gone(shell_pid) and gone(child_pid), 10)
+
 
 def test_only_allow_shell_workers_take_shell_jobs(env, cli, run, start_worker, background, tmp_path):
     plain = start_worker()
