@@ -16,7 +16,7 @@ from .errors import BackendError, UsageError
 from .models import JobStatus, UTCDateTime
 
 BUCKETS = 24
-NICE_BUCKETS = (60, 300, 600, 900, 1800, 3600, 7200, 10_800, 21_600, 43_200, 86_400, 604_800)
+NICE_BUCKETS = (60, 300, 600, 900, 1800, 3600, 7200, 10_800, 21_600, 43_200, 86_400, 172_800, 604_800)
 PERCENTILES = (50, 95)
 
 

@@ -269,3 +269,56 @@ def test_completion_offers_ids_with_status_tasks_and_queues(env, cli, tmp_path):
     assert not fresh.exists()
     down = complete("jobctl show ", DATABASE_URL="postgresql://nobody@127.0.0.1:1/none")
     assert (down.returncode, down.stdout.strip(), down.stderr) == (0, "", "")
+
+
+# ---------------------------------------------------------------- pure logic, no backends
+
+
+def test_globs_sort_keys_buckets_and_charts():
+    from jobctl.cli.charts import bar, sparkline
+    from jobctl.errors import UsageError
+    from jobctl.ops import glob_to_like, parse_sort
+    from jobctl.stats import bucket_size
+
+    assert glob_to_like("backup*") == "backup%"
+    assert glob_to_like("a?c") == "a_c"
+    assert glob_to_like("100%_x\\") == "100\\%\\_x\\\\"
+    assert parse_sort("created") == [("created", False)]
+    assert parse_sort("-duration, name") == [("duration", True), ("name", False)]
+    with pytest.raises(UsageError, match="cannot sort by 'args'"):
+        parse_sort("args")
+    assert bucket_size(24 * 3600) == 3600
+    assert bucket_size(3600) == 300
+    assert bucket_size(30 * 86_400) == 2 * 86_400
+    assert sparkline([0, 1, 7, 0]) == "▁▂█▁"
+    assert sparkline([0, 0]) == "▁▁"
+    assert bar(10, 10, width=4) == "████"
+    assert bar(1, 16, width=4) == "▎"
+    assert bar(0, 10) == ""
+
+
+def test_progress_patterns_failure_text_and_worker_queues():
+    from jobctl.errors import UsageError
+    from jobctl.shell import ProgressPattern, failure_text, worker_queues
+
+    assert ProgressPattern(r"(\d+)%").match("copying 42% done") == (42, 100)
+    assert ProgressPattern(r"(\d+(?:\.\d+)?)%").match("12.5%") == (12, 100)
+    assert ProgressPattern(r"(\d+)/(\d+)").match("file 3/7") == (3, 7)
+    assert ProgressPattern(r"(?P<total>\d+) to go, (?P<current>\d+) done").match("9 to go, 2 done") == (2, 9)
+    assert ProgressPattern(r"(\w+)%").match("abc%") is None
+    assert ProgressPattern(r"(\d+)%").match("nothing here") is None
+    for bad in ("(", "done", "(?P<total>\\d+)"):
+        with pytest.raises(UsageError):
+            ProgressPattern(bad)
+
+    assert failure_text(2, []) == "command exited with status 2"
+    assert failure_text(-9, []) == "command was killed by SIGKILL"
+    assert failure_text(1, ["warming up", "", "fatal: no disk"]) == (
+        "command exited with status 1: fatal: no disk\n\nstderr (last 2 lines):\nwarming up\nfatal: no disk"
+    )
+
+    assert worker_queues(["default"], allow_shell=False) == ["default"]
+    assert worker_queues(["a", "b"], allow_shell=True) == ["a", "a.shell", "b", "b.shell"]
+    assert worker_queues(["a.shell"], allow_shell=True) == ["a.shell"]
+    with pytest.raises(UsageError, match="--allow-shell"):
+        worker_queues(["default", "default.shell"], allow_shell=False)
