@@ -57,7 +57,7 @@ def test_arguments_are_json_when_they_parse_else_strings(cli):
         (["", "-t", "noop"], "Error: the job name must not be empty"),
         (["x", "--timeout", "0"], "Error: timeout must be between"),
         (["x", "--retries", "-1"], "Error: retries must be between 0 and 100"),
-        (["x", "--timeout", "soon"], "Error: Invalid value for '--timeout'"),
+        (["x", "--timeout", "soon"], "Error: invalid timeout 'soon'"),
         ([], "Error: missing NAME"),
     ],
 )
