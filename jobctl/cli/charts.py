@@ -8,6 +8,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from ..durations import format_duration
 from .render import STATUS_STYLE, duration, one_line, relative, status_text
 
 if TYPE_CHECKING:
@@ -41,7 +42,9 @@ def bar(value: int, top: int, width: int = BAR_WIDTH) -> str:
 
 def _per_hour(total: int, seconds: float) -> str:
     rate = total * 3600 / max(seconds, 1)
-    return f"{rate:.1f}/h" if rate < 600 else f"{rate / 60:.1f}/min"
+    if rate >= 600:
+        return f"{rate / 60:.0f}/min"
+    return f"{rate:.2g}/h" if rate < 10 else f"{rate:.0f}/h"
 
 
 def stats_view(stats: Stats) -> Group:
@@ -60,9 +63,8 @@ def stats_view(stats: Stats) -> Group:
 
     tp = stats.throughput
     seconds = (stats.now - stats.since).total_seconds()
-    parts.append(
-        Text(f"\nJobs ended per {duration(tp.bucket_seconds)} ({window}, oldest first)", style="bold")
-    )
+    every = format_duration(tp.bucket_seconds)
+    parts.append(Text(f"\nJobs ended per {every} ({window}, oldest first)", style="bold"))
     flows = Table(box=None, show_header=False, pad_edge=False, padding=(0, 2, 0, 2))
     for status, values in (("completed", tp.completed), ("failed", tp.failed), ("cancelled", tp.cancelled)):
         total = sum(values)
