@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import fcntl
+import functools
 import hashlib
 import importlib.util
 import json
@@ -129,6 +130,7 @@ def socket_path(data_dir: Path) -> Path:
     raise BackendError(f"no short enough socket path for the embedded Redis of {data_dir}")
 
 
+@functools.lru_cache(maxsize=32)  # every Redis connection asks; resolving paths each time adds up
 def layout(data_dir: Path) -> Layout:
     """The embedded server's files for `data_dir`."""
     data_dir = Path(data_dir).expanduser().resolve()

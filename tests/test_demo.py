@@ -17,7 +17,14 @@ import pytest
 
 from jobctl.demo import DEMO_JOBS, DEMO_QUEUE
 from tests.conftest import wait_for
-from tests.zero_setup import ROOT, assert_nothing_left, clear_backend_settings, jobctl, zero_setup_env
+from tests.zero_setup import (
+    ROOT,
+    assert_nothing_left,
+    clear_backend_settings,
+    jobctl,
+    processes_using,
+    zero_setup_env,
+)
 
 
 @pytest.fixture
@@ -87,6 +94,27 @@ def test_ctrl_c_cancels_the_demo_jobs_and_stops_its_workers(zero_setup, tmp_path
     assert "cancelled" in statuses
     assert not {"pending", "processing"} & set(statuses)  # an interrupted demo leaves nothing to run later
     assert "Interrupted" in err.read_text()
+    assert_nothing_left(zero_setup)
+
+
+def test_workers_dying_under_the_demo_end_it_with_an_error_and_nothing_left(zero_setup, tmp_path):
+    err = tmp_path / "stderr"
+    with open(err, "w") as err_file:
+        cmd = [sys.executable, "-m", "jobctl", "demo"]
+        demo = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err_file)
+        try:
+            wait_for(lambda: "started 2 workers" in err.read_text(), 60)
+            workers = wait_for(lambda: [pid for pid, cmd in processes_using(zero_setup).items()
+                                        if "jobctl worker" in cmd and pid != demo.pid], 30)  # fmt: skip
+            for pid in workers:
+                os.kill(pid, signal.SIGKILL)
+            assert demo.wait(120) == 1
+        finally:
+            if demo.poll() is None:
+                demo.kill()
+    assert "Error: the demo's workers exited" in err.read_text()
+    statuses = {status for *_, status in demo_rows(zero_setup / "jobctl.db")}
+    assert not {"pending", "processing"} & statuses
     assert_nothing_left(zero_setup)
 
 
