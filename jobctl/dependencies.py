@@ -125,7 +125,12 @@ def _resolve_batch(job_ids: list[int], outcome: Resolution, to_enqueue: list[Job
     cancelled: list[int] = []
     jobs = store.get_jobs(job_ids)
     waiting = [j for j in jobs.values() if j.status == JobStatus.PENDING.value and j.blocked]
-    stale = [i for i in job_ids if i not in {j.id for j in waiting}]
+    # Rows no longer waiting that still carry a wait (cancelled by hand while blocked, or an edge
+    # left over): their waits are forgotten.
+    stale = [i for i, j in jobs.items() if j.blocked and j.status != JobStatus.PENDING.value]
+    stale += [i for i in job_ids if i not in jobs]
+    if not waiting and not stale:
+        return []
     deps = {d for j in waiting for d in (*(j.depends_on or []), *(j.depends_on_any or []))}
     statuses = _statuses(deps)
     now = utcnow()
@@ -193,10 +198,13 @@ def _dependents(ended: Iterable[int]) -> list[int]:
     return [r.job_id for r in rows]
 
 
-def after_end(job_ids: Iterable[int]) -> Resolution:
-    """Jobs reached a terminal state: resolve what waited for them, and forget their own waits."""
+@store.guarded
+def after_end(job_ids: Iterable[int], *, own_waits: bool = True) -> Resolution:
+    """Jobs reached a terminal state: resolve what waited for them (and forget their own waits, for
+    jobs that may have ended while blocked: `own_waits`)."""
     ids = list(job_ids)
-    return resolve([*_dependents(ids), *ids])
+    todo = [*_dependents(ids), *(ids if own_waits else [])]
+    return resolve(todo) if todo else Resolution()
 
 
 @store.guarded
@@ -218,5 +226,8 @@ def sweep() -> Resolution:
             .where(sa.or_(waiter.c.status != JobStatus.PENDING.value, sa.not_(waiter.c.blocked)))
             .distinct()
         ).all()
-    ids = [r.job_id for r in ready] + [r.job_id for r in moved]
+    if moved:  # a row that is not waiting never waits again: its leftover waits can go
+        with store.begin() as conn:
+            conn.execute(sa.delete(EDGE).where(EDGE.c.job_id.in_([r.job_id for r in moved])))
+    ids = [r.job_id for r in ready]
     return resolve(ids) if ids else Resolution()

@@ -289,7 +289,7 @@ def _release_dependents(job_id: int) -> None:
     from . import dependencies
 
     try:
-        dependencies.after_end([job_id])
+        dependencies.after_end([job_id], own_waits=False)  # it ran: it was not waiting
     except Exception as exc:
         log.warning("job %s: could not resolve the jobs waiting for it (%s)", job_id, exc)
 
