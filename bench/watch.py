@@ -214,9 +214,11 @@ def measure(args: argparse.Namespace, ids: list[int], redis_url: str) -> None:
     for _ in range(args.runs):
         watcher = Watcher(ids, fallback_interval=args.fallback)
         watcher.start()
-        for index in range(args.refreshes):
+        cancel_now, cancelled = False, False
+        for _ in range(args.refreshes):
             time.sleep(args.interval)
-            if index == args.refreshes // 2:
+            if cancel_now:  # just after a fallback, so this refresh is not one
+                cancel_now, cancelled = False, True
                 for _ in range(args.cancel):  # state changes: these rows, and only these, are read back
                     service.cancel_job(next(cancel_next))
                 results.changed.append(measure_tick(watcher, counter))
@@ -225,6 +227,7 @@ def measure(args: argparse.Namespace, ids: list[int], redis_url: str) -> None:
             sample = measure_tick(watcher, counter)
             after = commandstats(redis_url)
             if watcher.stats.fallback:
+                cancel_now = not cancelled
                 results.fallback.append(sample)
                 continue
             results.quiet.append(sample)
@@ -254,16 +257,19 @@ def ms(seconds: float) -> str:
 
 
 def report(args: argparse.Namespace, r: Results, counts, naive: Sample) -> None:  # type: ignore[no-untyped-def]
+    from jobctl.cli.watch import summary_text
+
     med = statistics.median
     quiet = r.quiet
-    print(f"watching {args.jobs} jobs on {args.backend}: {counts.running} running, {counts.pending} pending "
-          f"({args.runs} runs x {args.refreshes} refreshes, {args.interval:g} s apart)")
+    print(f"watching {args.jobs} jobs on {args.backend}, {args.runs} runs x {args.refreshes} refreshes "
+          f"{args.interval:g} s apart; at the end: {summary_text(counts)}")
     print(f"quiet refresh ({len(quiet)}):   Redis round trips {med(s.redis for s in quiet):g} "
           f"(max {max(s.redis for s in quiet)}), SQL queries {med(s.sql for s in quiet):g} "
           f"(max {max(s.sql for s in quiet)})")
     commands = r.commands[len(r.commands) // 2]
-    print("  Redis commands in one refresh (INFO commandstats): "
-          + ", ".join(f"{k} {v}" for k, v in sorted(commands.items())))
+    ours = {k: commands.pop(k, 0) for k in ("hmget", "lpos")}
+    print(f"  Redis commands during one refresh (INFO commandstats): hmget {ours['hmget']}, "
+          f"lpos {ours['lpos']}; {sum(commands.values())} others, from the workers")
     print(f"  CPU: poll {ms(med(s.cpu_tick for s in quiet))}, draw 120x40 screen "
           f"{ms(med(s.cpu_render for s in quiet))}; wall {ms(med(s.wall for s in quiet))} (medians)")
     if r.changed:
@@ -274,8 +280,9 @@ def report(args: argparse.Namespace, r: Results, counts, naive: Sample) -> None:
     if r.fallback:
         f = r.fallback
         print(f"fallback refresh (every {args.fallback:g} s, {len(f)}): Redis round trips "
-              f"{med(s.redis for s in f):g}, SQL queries {med(s.sql for s in f):g} reading "
-              f"{med(s.sql_rows for s in f):g} rows, CPU {ms(med(s.cpu_tick + s.cpu_render for s in f))}")
+              f"{med(s.redis for s in f):g}, SQL queries {med(s.sql for s in f):g} (statuses of every "
+              f"active row; full rows read: {med(s.sql_rows for s in f):g}), "
+              f"CPU {ms(med(s.cpu_tick + s.cpu_render for s in f))}")
     per = med(s.cpu_tick + s.cpu_render for s in quiet)
     print(f"naive per-job poll (`show` for each job): Redis round trips {naive.redis}, SQL queries "
           f"{naive.sql}, CPU {ms(naive.cpu_tick)}, wall {ms(naive.wall)}")

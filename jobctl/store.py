@@ -467,6 +467,25 @@ def active_jobs(older_than: datetime | None = None) -> list[Job]:
 
 
 @guarded
+def job_states(job_ids: Sequence[int]) -> dict[int, tuple[str, str | None, int]]:
+    """(status, task_id, attempts) of rows by id in one query: a cheap way to tell which rows moved."""
+    if not job_ids:
+        return {}
+    columns = (JOB.c.id, JOB.c.status, JOB.c.task_id, JOB.c.attempts)
+    query = sa.select(*columns).where(JOB.c.id.in_(list(job_ids)))
+    with get_engine().connect() as conn:
+        return {r.id: (r.status, r.task_id, r.attempts) for r in conn.execute(query)}
+
+
+@guarded
+def active_job_ids() -> list[int]:
+    """Ids of the pending and processing rows (the status index), oldest first."""
+    query = sa.select(JOB.c.id).where(JOB.c.status.in_([s.value for s in ACTIVE])).order_by(JOB.c.id)
+    with get_engine().connect() as conn:
+        return list(conn.execute(query).scalars())
+
+
+@guarded
 def jobs_after(last_id: int, limit: int = 1000) -> list[Job]:
     """Rows with an id above `last_id`, oldest first: how a watcher notices new jobs (primary key scan)."""
     query = sa.select(JOB).where(JOB.c.id > last_id).order_by(JOB.c.id).limit(limit)

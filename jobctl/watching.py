@@ -234,9 +234,10 @@ class Watcher:
             # failed while RQ still says `started`, a finished job retried by hand.
             self._next_fallback = now + self.fallback_interval
             self.stats.fallback = True
-            stale |= {r.id for r in self.rows.values() if not r.terminal}
+            unread = [r for r in self.rows.values() if not r.terminal and r.id not in stale]
+            stale |= self._moved_in_sql(unread)
             if self.ids is None:
-                self._reactivate()
+                self._reactivate(now)
         if stale:
             fresh = self._read_rows(sorted(stale))
             for job_id, job in fresh.items():
@@ -350,17 +351,31 @@ class Watcher:
             if job.id not in self.rows:
                 self.rows[job.id] = WatchedJob(job)
 
-    def _reactivate(self) -> None:
+    def _moved_in_sql(self, rows: Sequence[WatchedJob]) -> set[int]:
+        """Rows whose status, attempt or RQ id differ in SQL from what we hold (a light query)."""
+        moved: set[int] = set()
+        for start in range(0, len(rows), SQL_CHUNK):
+            chunk = {r.id: r for r in rows[start : start + SQL_CHUNK]}
+            states = store.job_states(list(chunk))
+            self.stats.sql_queries += 1
+            for job_id, state in states.items():
+                job = chunk[job_id].job
+                if state != (job.status, job.task_id, job.attempts):
+                    moved.add(job_id)
+        return moved
+
+    def _reactivate(self, now: float) -> None:
         """Rows that became active again (a retry) after they had ended or before the watch began."""
+        active = store.active_job_ids()
         self.stats.sql_queries += 1
-        for job in store.active_jobs():
-            assert job.id is not None
-            if job.id not in self.rows:
-                self.rows[job.id] = WatchedJob(job)
-            elif self.rows[job.id].terminal:
-                row = self.rows[job.id]
+        wanted = [i for i in active if i not in self.rows or self.rows[i].terminal]
+        for job_id, job in self._read_rows(wanted).items():
+            row = self.rows.get(job_id)
+            if row is None:
+                self.rows[job_id] = WatchedJob(job)
+            else:
                 row.finished_at = None
-                self._update_row(row, job, self.clock())
+                self._update_row(row, job, now)
 
     def _forget_old(self) -> None:
         """Without IDs, keep memory bounded: forget the oldest finished rows past `keep_finished`."""

@@ -247,10 +247,17 @@ def test_follow_keeps_waiting_until_ctrl_c(env) -> None:
     assert store.get_job(job_id).status == "cancelled"  # type: ignore[union-attr]
 
 
-def test_list_watch_redraws_the_table_and_highlights_changed_rows(terminal) -> None:
+def test_list_watch_redraws_the_table_and_highlights_changed_rows(env, terminal) -> None:
     first, second = submit("one"), submit("two")
+    piped = subprocess.Popen(
+        [sys.executable, "-m", "jobctl", "list", "--watch"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(piped.stdout or []), daemon=True).start()
     term = terminal("list", "--watch", rows=12)
     term.wait_for(lambda s: "pending" in term.line_of(first, s) and "pending" in term.line_of(second, s))
+    wait_for(lambda: len(lines) >= 3, 30)  # the table, printed once
     assert service.cancel_job(first).ok
     term.wait_for(lambda s: "cancelled" in term.line_of(first, s) and term.row_index(second) is not None)
     assert term.reversed_row(first) is True
@@ -259,6 +266,15 @@ def test_list_watch_redraws_the_table_and_highlights_changed_rows(terminal) -> N
     assert "cancelled" in term.line_of(first)
     term.child.sendintr()
     assert term.finish() == 130
+    # Not a terminal: the table once, then a line per status change.
+    wait_for(lambda: any("→" in line for line in lines), 30)
+    piped.send_signal(signal.SIGINT)
+    assert piped.wait(30) == 130
+    assert lines[0].split() == ["ID", "NAME", "TASK", "STATUS", "PROGRESS", "CREATED", "DURATION"]
+    assert [line.split()[:4] for line in lines[1:3]] == [[str(second), "two", "noop", "pending"],
+                                                         [str(first), "one", "noop", "pending"]]
+    assert re.fullmatch(rf'{CLOCK} job {first} "one" pending → cancelled\n', lines[3])
+    assert len(lines) == 4 and "\x1b" not in "".join(lines)
     assert store.get_job(second).status == "pending"  # type: ignore[union-attr]
 
 

@@ -71,15 +71,22 @@ def counting(trips: Trips) -> Iterator[Trips]:
 
 
 def test_a_quiet_tick_is_one_redis_round_trip_and_no_sql(trips: Trips) -> None:
+    clock = FakeClock()
     ids = submit(30)
-    watcher = Watcher(ids)
+    watcher = Watcher(ids, clock=clock, fallback_interval=3.0)
     changes = watcher.start()
     assert [c.kind for c in changes] == ["status"] * 30
     assert [watcher.rows[i].position for i in ids] == list(range(1, 31))
     for _ in range(3):
+        clock.now += 0.5
         with counting(trips) as cost:
             assert watcher.tick() == []
         assert (cost.redis, cost.sql) == (1, 0)
+    clock.now += 3
+    with counting(trips) as cost:
+        assert watcher.tick() == []
+    # The fallback: one light query of statuses; no full row read since none moved.
+    assert (cost.redis, cost.sql, watcher.stats.sql_rows) == (1, 1, 0)
     assert watcher.counts() == Counts(pending=30)
     assert not watcher.finished
 
