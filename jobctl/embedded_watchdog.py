@@ -9,16 +9,20 @@ remain is started again from its data, so running workers reconnect.
 
 from __future__ import annotations
 
+# Only light modules at import time: the watchdog starts while a jobctl command waits for it.
 import contextlib
 import fcntl
-import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
-from pathlib import Path
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing would slow the start down
+if TYPE_CHECKING:
+    from os import PathLike
+
+    StrPath = str | PathLike[str]
 
 START_LOCK = "start.lock"
 USERS_LOCK = "users.lock"
@@ -28,27 +32,32 @@ SERVER_ARGS = "redis-server.json"  # the command line the server was last starte
 POLL = 0.5
 
 
-def reply(sock: Path, command: bytes = b"PING", timeout: float = 1.0) -> bytes | None:
+def _in(work: StrPath, name: str) -> str:
+    return os.path.join(os.fspath(work), name)
+
+
+def reply(sock: StrPath, command: bytes = b"PING", timeout: float = 1.0) -> bytes | None:
     """The server's first reply line to `command` on `sock`, or None when nothing answers."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
             conn.settimeout(timeout)
-            conn.connect(str(sock))
+            conn.connect(os.fspath(sock))
             conn.sendall(command + b"\r\n")
             return conn.recv(256).split(b"\r\n", 1)[0]
     except OSError:
         return None
 
 
-def answers(sock: Path) -> bool:
+def answers(sock: StrPath) -> bool:
     """True when a Redis server on `sock` answers PING."""
     return reply(sock) == b"+PONG"
 
 
-def read_pid(path: Path) -> int | None:
+def read_pid(path: StrPath) -> int | None:
     """The process id stored in `path`, or None."""
     try:
-        return int(path.read_text().strip())
+        with open(path, "rb") as fh:
+            return int(fh.read().strip())
     except (OSError, ValueError):
         return None
 
@@ -56,12 +65,16 @@ def read_pid(path: Path) -> int | None:
 def command_line(pid: int) -> str | None:
     """The command line (or process title) of `pid`, or None when no such process runs."""
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().replace(b"\0", b" ").decode(errors="replace")
     except FileNotFoundError:
-        return None
+        if os.path.isdir("/proc"):
+            return None
     except OSError:
         pass
-    try:  # no /proc (macOS)
+    import subprocess  # no /proc (macOS)
+
+    try:
         cmd = ["ps", "-o", "command=", "-p", str(pid)]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
@@ -69,14 +82,14 @@ def command_line(pid: int) -> str | None:
     return out.stdout.strip() or None
 
 
-def server_pid(work: Path, sock: Path) -> int | None:
+def server_pid(work: StrPath, sock: StrPath) -> int | None:
     """The pid of the redis-server serving `sock`, from its pidfile, checked against the live process."""
-    pid = read_pid(work / SERVER_PID)
+    pid = read_pid(_in(work, SERVER_PID))
     if pid is None:
         return None
     title = command_line(pid)
     # redis-server sets its title to "redis-server unixsocket:<path>"; a reused pid will not match.
-    return pid if title and "redis-server" in title and str(sock) in title else None
+    return pid if title and "redis-server" in title and os.fspath(sock) in title else None
 
 
 def alive(pid: int) -> bool:
@@ -91,7 +104,7 @@ def alive(pid: int) -> bool:
     return title is not None and title.strip() != ""
 
 
-def stop_server(work: Path, sock: Path, timeout: float = 15.0) -> None:
+def stop_server(work: StrPath, sock: StrPath, timeout: float = 15.0) -> None:
     """Ask the server to flush its append-only file and exit; wait until its process is gone."""
     pid = server_pid(work, sock)
     answer = reply(sock, b"SHUTDOWN", timeout=timeout)
@@ -108,11 +121,13 @@ def stop_server(work: Path, sock: Path, timeout: float = 15.0) -> None:
         time.sleep(0.01)
 
 
-def launch(args: list[str], work: Path, sock: Path, timeout: float = 30.0) -> str | None:
+def launch(args: list[str], work: StrPath, sock: StrPath, timeout: float = 30.0) -> str | None:
     """Start redis-server (it daemonizes) and wait until it answers; None, or why it did not start."""
-    for stale in (sock, work / SERVER_PID):  # left by a server that died: nothing answers on them
+    import subprocess
+
+    for stale in (os.fspath(sock), _in(work, SERVER_PID)):  # left by a server that died
         with contextlib.suppress(FileNotFoundError):
-            stale.unlink()
+            os.unlink(stale)
     try:
         done = subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=work)
     except (OSError, subprocess.SubprocessError) as exc:
@@ -123,12 +138,16 @@ def launch(args: list[str], work: Path, sock: Path, timeout: float = 30.0) -> st
     while time.monotonic() < deadline:
         if answers(sock):
             return None
-        pid = read_pid(work / SERVER_PID)
+        pid = read_pid(_in(work, SERVER_PID))
         if pid is not None and not alive(pid):
             break
         time.sleep(0.005)
-    log = work / "redis.log"
-    return (last_line(log.read_text(errors="replace")) if log.exists() else "") or "it did not answer"
+    try:
+        with open(_in(work, "redis.log"), errors="replace") as log:
+            reason = last_line(log.read())
+    except OSError:
+        reason = ""
+    return reason or "it did not answer"
 
 
 def last_line(text: str) -> str:
@@ -137,10 +156,10 @@ def last_line(text: str) -> str:
     return lines[-1] if lines else ""
 
 
-def watch(work: Path, sock: Path) -> None:
+def watch(work: StrPath, sock: StrPath) -> None:
     """Until no user is left: restart a server that died; then stop the server and return."""
     backoff, next_restart = 1.0, 0.0
-    with open(work / USERS_LOCK, "a+") as users, open(work / START_LOCK, "a+") as start:
+    with open(_in(work, USERS_LOCK), "a+") as users, open(_in(work, START_LOCK), "a+") as start:
         while True:
             fcntl.flock(start, fcntl.LOCK_EX)  # no process starts, joins or stops it meanwhile
             try:
@@ -158,8 +177,8 @@ def watch(work: Path, sock: Path) -> None:
                             stop_server(work, sock)
                         # Gone before the locks are released, so the next starter starts a new watchdog.
                         with contextlib.suppress(OSError):
-                            if read_pid(work / WATCHDOG_PID) == os.getpid():
-                                (work / WATCHDOG_PID).unlink()
+                            if read_pid(_in(work, WATCHDOG_PID)) == os.getpid():
+                                os.unlink(_in(work, WATCHDOG_PID))
                         return
                     finally:
                         fcntl.flock(users, fcntl.LOCK_UN)
@@ -168,10 +187,13 @@ def watch(work: Path, sock: Path) -> None:
             time.sleep(POLL)
 
 
-def restart(work: Path, sock: Path) -> None:
+def restart(work: StrPath, sock: StrPath) -> None:
     """Start the server again with the command line it last ran with."""
+    import json
+
     try:
-        args = json.loads((work / SERVER_ARGS).read_text())
+        with open(_in(work, SERVER_ARGS)) as fh:
+            args = json.load(fh)
     except (OSError, ValueError):
         return
     problem = launch(args, work, sock)
@@ -183,11 +205,12 @@ def restart(work: Path, sock: Path) -> None:
 
 def main(argv: list[str]) -> int:
     """`embedded_watchdog.py WORKDIR SOCKET`: detach, record the pid, watch."""
-    work, sock = Path(argv[1]), Path(argv[2])
+    work, sock = argv[1], argv[2]
     child = os.fork()
     if child > 0:
         # The starter waits for this first process only, so the pid is on disk before it goes on.
-        (work / WATCHDOG_PID).write_text(f"{child}\n")
+        with open(_in(work, WATCHDOG_PID), "w") as fh:
+            fh.write(f"{child}\n")
         return 0
     os.setsid()
     watch(work, sock)
