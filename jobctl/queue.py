@@ -66,17 +66,26 @@ def guarded(fn: Callable[P, T]) -> Callable[P, T]:
 
 
 def get_redis() -> Redis:
-    """This process's Redis connection (never shared across a fork)."""
+    """This process's Redis client (its sockets are never shared across a fork)."""
+    import redis
     from redis import Redis
 
     url = redis_url()
     key = (os.getpid(), url)
     conn = _connections.get(key)
     if conn is None:
-        try:
-            conn = Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
-        except ValueError as exc:
-            raise BackendError(f"malformed Redis URL {mask_url(url)!r} ({exc})") from None
+        inherited = [c for (pid, u), c in _connections.items() if u == url and pid != os.getpid()]
+        if inherited:
+            # redis-py's pool notices the fork and opens fresh sockets with the same settings.
+            conn = inherited[0]
+        else:
+            try:
+                # An explicit lib_version spares every new connection a package-metadata lookup.
+                conn = Redis.from_url(
+                    url, socket_connect_timeout=5, health_check_interval=30, lib_version=redis.__version__
+                )
+            except ValueError as exc:
+                raise BackendError(f"malformed Redis URL {mask_url(url)!r} ({exc})") from None
         _connections[key] = conn
     return conn
 

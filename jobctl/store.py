@@ -101,14 +101,26 @@ def get_engine() -> Engine:
     if engine is None:
         for (pid, other_url), inherited in list(_engines.items()):
             if pid != os.getpid():
+                # After a fork: a fresh pool, but the parent's compiled statements are kept.
                 inherited.dispose(close=False)
                 del _engines[(pid, other_url)]
-        engine = make_engine(url)
+                if other_url == url:
+                    engine = inherited
+        if engine is None:
+            engine = make_engine(url)
         if url not in _schema_checked:  # a forked work-horse trusts its parent's check
             _ensure_schema(engine, url)
             _schema_checked.add(url)
         _engines[key] = engine
     return engine
+
+
+def warm_up() -> None:
+    """Compile what a job's process runs and build the row validator, before a worker forks."""
+    claim(0, 1, None)
+    finish(0, 1, JobStatus.COMPLETED, result=None)
+    now = utcnow()
+    _row_to_job_dict(Job(name="", task="", queue="", created_at=now, updated_at=now).model_dump())
 
 
 def reset_engines() -> None:
@@ -188,7 +200,11 @@ def begin() -> Iterator[Connection]:
 
 
 def _row_to_job(row: sa.Row[Any]) -> Job:
-    return Job.model_validate(dict(row._mapping))
+    return _row_to_job_dict(dict(row._mapping))
+
+
+def _row_to_job_dict(values: dict[str, Any]) -> Job:
+    return Job.model_validate(values)
 
 
 # ---------------------------------------------------------------- writes

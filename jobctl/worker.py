@@ -238,11 +238,24 @@ class JobctlWorker(Worker):
 
 def _preload() -> None:
     """Import and check everything a job needs once, so each forked work-horse starts warm."""
+    import importlib
+    import pkgutil
+
+    from . import __path__ as package_path
     from . import store
     from .tasks import load_task_modules
 
+    # The runtime imports its helpers lazily (task modules stay light); a horse importing them
+    # afresh for every job would cost more than the job.
+    for module in pkgutil.iter_modules(package_path):
+        if module.name not in _NOT_FOR_WORKERS:
+            importlib.import_module(f"{__package__}.{module.name}")
     load_task_modules(get_settings().task_modules)
-    store.get_engine()  # imports SQLAlchemy and verifies the schema before any fork
+    store.get_engine()  # verifies the schema before any fork
+    store.warm_up()
+
+
+_NOT_FOR_WORKERS = frozenset({"cli", "migrations", "__main__", "dashboard", "demo"})
 
 
 @guarded
