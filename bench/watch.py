@@ -37,10 +37,12 @@ class Counter:
 
     redis: int = 0
     sql: int = 0
+    commands: int = 0
 
 
 @dataclass
 class Sample:
+    commands: int
     redis: int
     sql: int
     sql_rows: int
@@ -112,6 +114,8 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 def install_counters() -> Counter:
     """Count Redis requests and SQL statements made by this process."""
     import sqlalchemy as sa
+    from redis import Redis
+    from redis.client import Pipeline
     from redis.connection import AbstractConnection
 
     from jobctl import store
@@ -124,6 +128,19 @@ def install_counters() -> Counter:
         original(self, command, check_health)
 
     AbstractConnection.send_packed_command = send  # type: ignore[method-assign]
+    pipeline_execute = Pipeline.execute
+    command = Redis.execute_command
+
+    def execute(self: Pipeline, raise_on_error: bool = True) -> list[object]:
+        counter.commands += len(self.command_stack)
+        return pipeline_execute(self, raise_on_error)
+
+    def execute_command(self: Redis, *args: object, **options: object) -> object:
+        counter.commands += 1
+        return command(self, *args, **options)
+
+    Pipeline.execute = execute  # type: ignore[method-assign]
+    Redis.execute_command = execute_command  # type: ignore[method-assign]
 
     def on_sql(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
         if not statement.lstrip().upper().startswith("BEGIN"):
@@ -155,7 +172,7 @@ def measure_tick(watcher, counter: Counter) -> Sample:  # type: ignore[no-untype
 
     from jobctl.cli.watchview import watch_view
 
-    before = (counter.redis, counter.sql)
+    before = (counter.redis, counter.sql, counter.commands)
     wall, cpu = time.perf_counter(), time.process_time()
     watcher.tick()
     cpu_tick = time.process_time() - cpu
@@ -164,8 +181,13 @@ def measure_tick(watcher, counter: Counter) -> Sample:  # type: ignore[no-untype
     console.print(watch_view(watcher, 120, 40))
     cpu_render = time.process_time() - cpu
     return Sample(
-        counter.redis - before[0], counter.sql - before[1], watcher.stats.sql_rows,
-        cpu_tick, cpu_render, time.perf_counter() - wall,
+        commands=counter.commands - before[2],
+        redis=counter.redis - before[0],
+        sql=counter.sql - before[1],
+        sql_rows=watcher.stats.sql_rows,
+        cpu_tick=cpu_tick,
+        cpu_render=cpu_render,
+        wall=time.perf_counter() - wall,
     )
 
 
@@ -210,28 +232,28 @@ def measure(args: argparse.Namespace, ids: list[int], redis_url: str) -> None:
         time.sleep(0.2)
     counter = install_counters()
     results = Results()
-    cancel_next = iter(ids[args.workers + 1 :])
+    victims = ids[-args.cancel :]  # pending at the back of the queue
     for _ in range(args.runs):
         watcher = Watcher(ids, fallback_interval=args.fallback)
         watcher.start()
-        cancel_now, cancelled = False, False
         for _ in range(args.refreshes):
             time.sleep(args.interval)
-            if cancel_now:  # just after a fallback, so this refresh is not one
-                cancel_now, cancelled = False, True
-                for _ in range(args.cancel):  # state changes: these rows, and only these, are read back
-                    service.cancel_job(next(cancel_next))
-                results.changed.append(measure_tick(watcher, counter))
-                continue
             before = commandstats(redis_url)
             sample = measure_tick(watcher, counter)
             after = commandstats(redis_url)
             if watcher.stats.fallback:
-                cancel_now = not cancelled
                 results.fallback.append(sample)
                 continue
             results.quiet.append(sample)
             results.commands.append({k: n - before.get(k, 0) for k, n in after.items() if n != before.get(k)})
+        # State changes: these rows, and only these, are read back (no fallback due in this watcher).
+        changed = Watcher(ids, fallback_interval=3600)
+        changed.start()
+        for job_id in victims:
+            service.cancel_job(job_id)
+        results.changed.append(measure_tick(changed, counter))
+        for job_id in victims:  # queued again, so the next run watches as many active jobs
+            service.retry_job(job_id)
     counts = watcher.counts()
     naive = measure_naive(ids, counter)
     report(args, results, counts, naive)
@@ -247,7 +269,7 @@ def measure_naive(ids: list[int], counter: Counter) -> Sample:
         wall, cpu = time.perf_counter(), time.process_time()
         for job_id in ids:
             service.show_job(job_id)
-        samples.append(Sample(counter.redis - before[0], counter.sql - before[1], len(ids),
+        samples.append(Sample(0, counter.redis - before[0], counter.sql - before[1], len(ids),
                               time.process_time() - cpu, 0.0, time.perf_counter() - wall))
     return sorted(samples, key=lambda s: s.cpu_tick)[1]
 
@@ -268,8 +290,9 @@ def report(args: argparse.Namespace, r: Results, counts, naive: Sample) -> None:
           f"(max {max(s.sql for s in quiet)})")
     commands = r.commands[len(r.commands) // 2]
     ours = {k: commands.pop(k, 0) for k in ("hmget", "lpos")}
-    print(f"  Redis commands during one refresh (INFO commandstats): hmget {ours['hmget']}, "
-          f"lpos {ours['lpos']}; {sum(commands.values())} others, from the workers")
+    print(f"  Redis commands in that round trip: {med(s.commands for s in quiet):g}; the server's INFO "
+          f"commandstats over one refresh, workers included: hmget {ours['hmget']}, lpos {ours['lpos']}, "
+          f"{sum(commands.values())} others")
     print(f"  CPU: poll {ms(med(s.cpu_tick for s in quiet))}, draw 120x40 screen "
           f"{ms(med(s.cpu_render for s in quiet))}; wall {ms(med(s.wall for s in quiet))} (medians)")
     if r.changed:
