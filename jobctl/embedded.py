@@ -381,7 +381,13 @@ def _last_user(users_lock: IO[str]) -> bool:
             time.sleep(0.005)
 
 
-def release_embedded_redis() -> None:
-    """Stop using the embedded server now (stopping it if this was the last user), as at exit."""
+def release_embedded_redis(data_dir: Path | None = None) -> None:
+    """Stop using the embedded server of `data_dir` (default: every one) now, as at exit."""
     with _guard:
-        _release_all()
+        if data_dir is None:
+            _release_all()
+            return
+        use = _uses.get(layout(data_dir).data_dir)
+        if use is not None and use.pid == os.getpid():
+            del _uses[use.layout.data_dir]
+            _release(use)

@@ -97,7 +97,7 @@ def zero_setup_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[
     yield data_dir
     from jobctl import embedded
 
-    embedded.release_embedded_redis()
+    embedded.release_embedded_redis(data_dir)  # only this one: the session may use another
     reset_caches()
     kill_leftovers(data_dir)
     shutil.rmtree(data_dir, ignore_errors=True)
