@@ -283,34 +283,7 @@ def queue_names(names: Iterable[str]) -> list[str]:
     return list(names) or [get_settings().default_queue]
 
 
-# ---------------------------------------------------------------- reconciliation reads and repairs
-
-ENDED = frozenset({"finished", "failed", "stopped", "canceled"})
-
-
-@dataclass
-class AttemptState:
-    """What Redis holds for one RQ job: its status and the worker that last took it."""
-
-    status: str | None
-    worker: str | None
-
-
-@guarded
-def attempt_states(task_ids: Sequence[str]) -> dict[str, AttemptState]:
-    """The RQ status and worker of many RQ jobs, in one pipelined round trip (no registry cleanup)."""
-    if not task_ids:
-        return {}
-    with get_redis().pipeline(transaction=False) as pipe:
-        for task_id in task_ids:
-            pipe.hmget(f"rq:job:{task_id}", "status", "worker_name")
-        replies = pipe.execute()
-    return {
-        task_id: AttemptState(
-            status=status.decode() if status else None, worker=worker.decode() if worker else None
-        )
-        for task_id, (status, worker) in zip(task_ids, replies, strict=True)
-    }
+# ---------------------------------------------------------------- what waits on a queue
 
 
 @dataclass
@@ -342,86 +315,6 @@ def waiting(queue_name: str) -> Waiting:
         return {item.decode().split(":", 1)[0] for item in raw}
 
     return Waiting(ids(queued), ids(popped), ids(scheduled), ids(deferred))
-
-
-@guarded
-def forget_popped(queue_name: str, task_id: str) -> None:
-    """Drop an RQ job id that a worker popped but never started (it is about to be enqueued again)."""
-    from rq.intermediate_queue import IntermediateQueue
-
-    key = IntermediateQueue.get_intermediate_queue_key(get_queue(queue_name).key)
-    get_redis().lrem(key, 0, task_id)
-
-
-@guarded
-def registered_workers(names: Iterable[str]) -> set[str]:
-    """The names among `names` of RQ workers registered and not dead (RQ's own, slow, heartbeat)."""
-    names = list(names)
-    if not names:
-        return set()
-    with get_redis().pipeline(transaction=False) as pipe:
-        for name in names:
-            pipe.hmget(f"rq:worker:{name}", "birth", "death")
-        replies = pipe.execute()
-    return {name for name, (birth, death) in zip(names, replies, strict=True) if birth and not death}
-
-
-@dataclass
-class Outcome:
-    """How an RQ job that ended came out: its status, return value or error text, last progress."""
-
-    status: str
-    result: Any = None
-    error: str | None = None
-    progress: dict[str, Any] | None = None
-
-
-@guarded
-def ended_outcome(task_id: str) -> Outcome | None:
-    """The outcome RQ recorded for a job that ended, or None when the job is not there or not ended."""
-    from rq.exceptions import NoSuchJobError
-    from rq.job import Job as RQJob
-    from rq.results import Result
-
-    try:
-        rq_job = RQJob.fetch(task_id, connection=get_redis(), serializer=serializer())
-    except NoSuchJobError:
-        return None
-    status = rq_job.get_status(refresh=False)
-    if status is None or str(status.value) not in ENDED:
-        return None
-    progress = rq_job.meta.get("progress") if isinstance(rq_job.meta, dict) else None
-    latest = rq_job.latest_result()
-    outcome = Outcome(str(status.value), progress=progress if isinstance(progress, dict) else None)
-    if latest is not None and latest.type == Result.Type.SUCCESSFUL:
-        outcome.result = latest.return_value
-    elif latest is not None and latest.exc_string:
-        outcome.error = latest.exc_string.strip()
-    return outcome
-
-
-@guarded
-def mark_failed(task_id: str, reason: str) -> None:
-    """Move a started RQ job whose process is gone to failed, so RQ and rq-dashboard agree with the row."""
-    from rq.exceptions import NoSuchJobError
-    from rq.job import Job as RQJob
-    from rq.job import JobStatus as RQStatus
-    from rq.registry import FailedJobRegistry, StartedJobRegistry
-
-    conn = get_redis()
-    try:
-        rq_job = RQJob.fetch(task_id, connection=conn, serializer=serializer())
-    except NoSuchJobError:
-        return
-    if rq_job.get_status(refresh=False) != RQStatus.STARTED:
-        return
-    q = get_queue(rq_job.origin, conn)
-    with conn.pipeline() as pipe:
-        rq_job.set_status(RQStatus.FAILED, pipeline=pipe)
-        StartedJobRegistry(queue=q).remove_executions(rq_job, pipeline=pipe)
-        FailedJobRegistry(queue=q).add(rq_job, ttl=rq_job.failure_ttl, exc_string=reason, pipeline=pipe)
-        pipe.execute()
-
 
 
 # ---------------------------------------------------------------- pruning

@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from . import liveness, queue, store
+from . import liveness, queue, registries, store
 from .config import get_settings
 from .models import Job, JobStatus, utcnow
 
 log = logging.getLogger("jobctl.reconcile")
+log.addHandler(logging.NullHandler())  # workers show these; `jobctl health` shows its summary instead
 
 LOCK_KEY = "jobctl:reconcile:lock"
 SUSPECT_KEY = "jobctl:suspect:{}"
@@ -40,11 +41,12 @@ class Report:
     requeued: list[int] = field(default_factory=list)
     lost: list[int] = field(default_factory=list)
     finalized: list[int] = field(default_factory=list)
+    tidied: list[str] = field(default_factory=list)
     skipped: bool = False
 
     @property
     def changed(self) -> int:
-        return len(self.requeued) + len(self.lost) + len(self.finalized)
+        return len(self.requeued) + len(self.lost) + len(self.finalized) + len(self.tidied)
 
     def summary(self) -> str:
         """One line for `jobctl health` and the worker log."""
@@ -57,6 +59,8 @@ class Report:
             if ids:
                 shown = ", ".join(map(str, ids[:10])) + (", ..." if len(ids) > 10 else "")
                 parts.append(f"{label} {len(ids)} ({shown})")
+        if self.tidied:
+            parts.append(f"closed {len(self.tidied)} stale RQ entries")
         return "; ".join(parts)
 
 
@@ -99,7 +103,7 @@ def settle_attempt(task_id: str, reason: str) -> str:
     return settle_failure(job, attempt, reason)
 
 
-def _rq_error(outcome: queue.Outcome) -> str:
+def _rq_error(outcome: registries.Outcome) -> str:
     if outcome.status in ("stopped", "canceled"):
         return f"stopped in RQ ({outcome.status}) before the job recorded an outcome"
     text = (outcome.error or "").strip()
@@ -158,7 +162,7 @@ class _Pass:
         ]
         ids = {r.id: queue.rq_job_id(r.id or 0, r.attempts) for r in processing}
         ids.update({r.id: queue.rq_job_id(r.id or 0, r.attempts + 1) for r in pending})
-        states = queue.attempt_states(list(ids.values()))
+        states = registries.attempt_states(list(ids.values()))
         workers = {r.worker for r in processing if r.worker}
         workers |= {s.worker for r in pending if (s := states[ids[r.id]]).status == "started" and s.worker}
         job_beats, worker_beats = liveness.read_beats(
@@ -167,6 +171,7 @@ class _Pass:
         for row in processing:
             self._check_processing(row, ids[row.id], states[ids[row.id]], job_beats, worker_beats, now)
         self._check_pending(pending, ids, states, worker_beats)
+        self._tidy_started(now)
         if self.report.changed:
             log.warning("reconciliation: %s", self.report.summary())
         return self.report
@@ -177,7 +182,7 @@ class _Pass:
         self,
         row: Job,
         rq_id: str,
-        state: queue.AttemptState,
+        state: registries.AttemptState,
         job_beats: dict[str, liveness.Beat],
         worker_beats: dict[str, liveness.Beat],
         now: Any,
@@ -185,7 +190,7 @@ class _Pass:
         assert row.id is not None
         # Only the RQ execution that claimed the row speaks for it (a duplicate entry may have run too).
         same_run = row.worker is None or state.worker in (None, row.worker)
-        if state.status in queue.ENDED and same_run and self._finalize(row, rq_id):
+        if state.status in registries.ENDED and same_run and self._finalize(row, rq_id):
             return
         job_beat = job_beats.get(rq_id)
         worker_beat = worker_beats.get(row.worker or "")
@@ -209,11 +214,11 @@ class _Pass:
             self.report.lost.append(row.id)
             log.warning("job %s attempt %s: %s; %s", row.id, row.attempts, reason, settled)
             with contextlib.suppress(Exception):
-                queue.mark_failed(rq_id, reason)
+                registries.mark_failed(rq_id, reason)
 
     def _finalize(self, row: Job, rq_id: str) -> bool:
         assert row.id is not None
-        outcome = queue.ended_outcome(rq_id)
+        outcome = registries.ended_outcome(rq_id)
         if outcome is None:
             return False
         if outcome.status == "finished":
@@ -230,23 +235,57 @@ class _Pass:
             )
         return True
 
+    # ------------------------------------------------------------ RQ's started list
+
+    def _tidy_started(self, now: Any) -> None:
+        """RQ still lists as started attempts that ended in SQL or were superseded, and whose process is
+        gone (killed after recording its outcome): close them, so RQ and rq-dashboard agree."""
+        started = registries.started_attempts()
+        parsed = {rq_id: found for rq_id in started if (found := queue.parse_rq_job_id(rq_id))}
+        rows = store.get_jobs(sorted({job_id for job_id, _ in parsed.values()}))
+        settled_before = now - timedelta(seconds=self.lost_after)
+        candidates = []
+        for rq_id, (job_id, attempt) in parsed.items():
+            row = rows.get(job_id)
+            if row is None or row.updated_at > settled_before:
+                continue
+            current = {JobStatus.PROCESSING.value: row.attempts, JobStatus.PENDING.value: row.attempts + 1}
+            if current.get(row.status) == attempt:
+                continue  # the attempt the row is on: the rules above look after it
+            candidates.append((rq_id, row))
+        if not candidates:
+            return
+        states = registries.attempt_states([rq_id for rq_id, _ in candidates])
+        workers = sorted({s.worker for s in states.values() if s.worker})
+        job_beats, worker_beats = liveness.read_beats(self.conn, [rq_id for rq_id, _ in candidates], workers)
+        for rq_id, row in candidates:
+            job_beat, worker_beat = job_beats.get(rq_id), worker_beats.get(states[rq_id].worker or "")
+            if (job_beat is not None and job_beat.alive) or (
+                worker_beat is not None and worker_beat.alive and worker_beat.job == rq_id
+            ):
+                continue  # still running somewhere (an orphan): it closes its own entry
+            completed = row.status == JobStatus.COMPLETED.value and row.attempts == parsed[rq_id][1]
+            reason = f"job {row.id} is {row.status} (attempt {row.attempts})"
+            registries.close_started(rq_id, started[rq_id], completed=completed, reason=reason)
+            self.report.tidied.append(rq_id)
+
     # ------------------------------------------------------------ pending rows
 
     def _check_pending(
         self,
         rows: list[Job],
         ids: dict[int | None, str],
-        states: dict[str, queue.AttemptState],
+        states: dict[str, registries.AttemptState],
         worker_beats: dict[str, liveness.Beat],
     ) -> None:
         waiting: dict[str, queue.Waiting] = {}
         started_workers = {states[ids[r.id]].worker for r in rows if states[ids[r.id]].status == "started"}
-        registered = queue.registered_workers(w for w in started_workers if w)
+        registered = registries.registered_workers(w for w in started_workers if w)
         missing: list[Job] = []
         for row in rows:
             rq_id = ids[row.id]
             state = states[rq_id]
-            if state.status is None or state.status in queue.ENDED:
+            if state.status is None or state.status in registries.ENDED:
                 missing.append(row)
                 continue
             if state.status == "started":
@@ -268,7 +307,7 @@ class _Pass:
             # Popped but never started, or in no list at all: give a worker time to move it along.
             if self._suspect_for(rq_id) > self.lost_after:
                 if rq_id in w.popped:
-                    queue.forget_popped(rq_queue, rq_id)
+                    registries.forget_popped(rq_queue, rq_id)
                 missing.append(row)
         if not missing:
             return

@@ -76,7 +76,10 @@ def make_engine(url: str) -> Engine:
         raise BackendError(f"malformed database URL {mask_url(url)!r} ({exc})") from None
     if sa_url.get_backend_name() == "sqlite":
         if sa_url.database and sa_url.database != ":memory:":
-            os.makedirs(os.path.dirname(os.path.abspath(sa_url.database)), exist_ok=True)
+            try:
+                os.makedirs(os.path.dirname(os.path.abspath(sa_url.database)), exist_ok=True)
+            except OSError as exc:
+                raise backend_error(url, exc) from None
         engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         sa.event.listen(engine, "connect", _sqlite_connect)
         sa.event.listen(engine, "begin", _sqlite_begin)
@@ -121,6 +124,16 @@ def warm_up() -> None:
     finish(0, 1, JobStatus.COMPLETED, result=None)
     now = utcnow()
     _row_to_job_dict(Job(name="", task="", queue="", created_at=now, updated_at=now).model_dump())
+
+
+def close_idle_connections() -> None:
+    """Close this process's pooled connections that are not in use.
+
+    A worker calls this before it forks: SQLite connections must not be open across a fork.
+    """
+    for (pid, _url), engine in list(_engines.items()):
+        if pid == os.getpid():
+            engine.dispose()
 
 
 def reset_engines() -> None:

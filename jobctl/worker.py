@@ -17,13 +17,28 @@ from rq.exceptions import DeserializationError
 from rq.utils import now
 from rq.worker_pool import WorkerPool
 
-from . import liveness
+from . import liveness, store
 from .config import get_settings
 from .queue import DISPATCH, get_queue, get_redis, guarded, queue_names, serializer
 from .runtime import fail_attempt
 
 log = logging.getLogger("jobctl.worker")
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+def _log_like_rq() -> None:
+    """Show jobctl's own worker-side messages (reconciliation, lost jobs) next to RQ's, in its format."""
+    logger = logging.getLogger("jobctl")
+    if not any(isinstance(h, logging.StreamHandler) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+# Work-horses are forked while the monitor thread may be in the middle of a query: a fork during an
+# SQLite transaction leaves the child holding lock state it can never release ("database is locked").
+_FORK_LOCK = threading.Lock()
 
 
 class _Monitor(threading.Thread):
@@ -47,10 +62,13 @@ class _Monitor(threading.Thread):
                 log.debug("heartbeat not written: %s", exc)
             if time.monotonic() >= next_pass:
                 next_pass = time.monotonic() + random.uniform(0.75, 1.0) * settings.reconcile_interval
-                try:
-                    reconcile.run_pass()
-                except Exception as exc:
-                    log.warning("reconciliation pass failed: %s", exc)
+                with _FORK_LOCK:
+                    try:
+                        reconcile.run_pass()
+                    except Exception as exc:
+                        log.warning("reconciliation pass failed: %s", exc)
+                    finally:
+                        store.close_idle_connections()
             self.stopped.wait(liveness.beat_interval(settings.lost_after))
 
     def beat(self, lost_after: float) -> None:
@@ -82,6 +100,7 @@ class JobctlWorker(Worker):
             kwargs["max_jobs"] = self.default_max_jobs
         kwargs["with_scheduler"] = True
         max_jobs = kwargs.get("max_jobs")
+        _log_like_rq()
         monitor = _Monitor(self)
         monitor.start()
         from .ticker import Ticker  # recurring schedules, dependency sweep, RQ scheduler takeover
@@ -193,6 +212,10 @@ class JobctlWorker(Worker):
         finally:
             self.jobctl_current = None
             self._jobs_done += 1
+
+    def fork_work_horse(self, job: Any, queue: Any) -> None:
+        with _FORK_LOCK:
+            super().fork_work_horse(job, queue)
 
     def _reap_horse_without_redis(self, job: Any) -> None:
         """Redis failed while a horse ran: wait for the horse, and record its death if it was killed."""

@@ -346,3 +346,26 @@ def test_health_runs_a_reconciliation_pass(cli, conn, fast, start_worker):
     assert out.exit_code == 0, out
     assert "reconcile" in out.stdout and "requeued 1" in out.stdout
     wait_for(status_is(job_id, "completed"), 20)
+
+
+def test_rq_entries_left_started_by_a_killed_process_are_closed(cli, conn, fast):
+    from jobctl import store
+    from jobctl.models import JobStatus
+    from jobctl.reconcile import run_pass
+
+    done_id = submit(cli, "recorded, then killed", "-t", "noop")
+    old_id = submit(cli, "superseded attempt", "-t", "noop", "--retries", "1")
+    for job_id in (done_id, old_id):
+        assert store.claim(job_id, 1, "gone") is not None
+        rq_id = f"jobctl-{job_id}-1"
+        conn.hset(f"rq:job:{rq_id}", mapping={"status": "started", "worker_name": "gone"})
+        conn.zadd("rq:wip:default", {f"{rq_id}:execution": time.time() + 3600})
+    assert store.finish(done_id, 1, JobStatus.COMPLETED, result=1)
+    assert store.requeue_after_failure(old_id, 1, error="x", progress=None, task_id=f"jobctl-{old_id}-2")
+    assert run_pass().tidied == []  # recorded a moment ago: its process may still be closing it
+    age_rows()
+    assert sorted(run_pass().tidied) == sorted([f"jobctl-{done_id}-1", f"jobctl-{old_id}-1"])
+    assert conn.zrange("rq:wip:default", 0, -1) == []
+    assert conn.hget(f"rq:job:jobctl-{done_id}-1", "status") == b"finished"
+    assert conn.hget(f"rq:job:jobctl-{old_id}-1", "status") == b"failed"
+    assert run_pass().tidied == []
