@@ -343,7 +343,9 @@ def cancel(job_id: int) -> tuple[JobStatus | None, Job | None]:
     """Mark an active row cancelled; returns the status it had and the row (None if not found)."""
     now = utcnow()
     with begin() as conn:
-        before = conn.execute(sa.select(JOB.c.status).where(JOB.c.id == job_id)).scalar()
+        # Locked: a claim committing between this read and the update would make a running job
+        # look pending, and the cancel would then not stop it.
+        before = conn.execute(sa.select(JOB.c.status).where(JOB.c.id == job_id).with_for_update()).scalar()
         if before is None:
             return None, None
         row = conn.execute(

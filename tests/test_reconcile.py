@@ -369,3 +369,31 @@ def test_rq_entries_left_started_by_a_killed_process_are_closed(cli, conn, fast)
     assert conn.hget(f"rq:job:jobctl-{done_id}-1", "status") == b"finished"
     assert conn.hget(f"rq:job:jobctl-{old_id}-1", "status") == b"failed"
     assert run_pass().tidied == []
+
+
+def test_a_cancel_racing_a_claim_knows_it_must_stop_a_running_job(cli, fast):
+    """Found by bench/chaos.py: a claim committed between cancel's read and its update."""
+    import threading
+
+    import sqlalchemy as sa
+
+    from jobctl import store
+
+    job_id = submit(cli, "raced", "-t", "noop")
+    outcome: list = []
+    from jobctl.config import get_settings
+
+    engine = store.make_engine(get_settings().resolved_database_url())
+    with engine.connect() as other:
+        other.execution_options(immediate=True)
+        with other.begin():  # a worker's claim, not yet committed
+            other.execute(
+                sa.update(store.JOB).where(store.JOB.c.id == job_id).values(status="processing", attempts=1)
+            )
+            racer = threading.Thread(target=lambda: outcome.append(store.cancel(job_id)))
+            racer.start()
+            time.sleep(0.5)
+    racer.join(30)
+    engine.dispose()
+    before, job = outcome[0]
+    assert before.value == "processing" and job.status == "cancelled"
