@@ -67,7 +67,6 @@ def guarded(fn: Callable[P, T]) -> Callable[P, T]:
 
 def get_redis() -> Redis:
     """This process's Redis client (its sockets are never shared across a fork)."""
-    import redis
     from redis import Redis
 
     url = redis_url()
@@ -80,14 +79,24 @@ def get_redis() -> Redis:
             conn = inherited[0]
         else:
             try:
-                # An explicit lib_version spares every new connection a package-metadata lookup.
                 conn = Redis.from_url(
-                    url, socket_connect_timeout=5, health_check_interval=30, lib_version=redis.__version__
+                    url, socket_connect_timeout=5, health_check_interval=30, **_driver_info()
                 )
             except ValueError as exc:
                 raise BackendError(f"malformed Redis URL {mask_url(url)!r} ({exc})") from None
         _connections[key] = conn
     return conn
+
+
+def _driver_info() -> dict[str, Any]:
+    """An explicit client version: spares every new connection a package-metadata lookup."""
+    import redis
+
+    try:
+        from redis.driver_info import DriverInfo
+    except ImportError:  # redis-py before 7.1
+        return {"lib_version": redis.__version__}
+    return {"driver_info": DriverInfo(lib_version=redis.__version__)}
 
 
 def reset_connections() -> None:
