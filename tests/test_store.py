@@ -112,9 +112,8 @@ def test_list_query_uses_an_index_for_status_filter(env, backend):
 
 
 @pytest.mark.skipif(not HAVE_POSTGRES, reason="PostgreSQL server not available")
+@pytest.mark.parametrize("backend", ["postgres"])
 def test_postgres_needs_db_upgrade_and_db_upgrade_creates_the_schema(run, backend):
-    if backend != "postgres":
-        pytest.skip("PostgreSQL only")
     import psycopg2
 
     name = f"jobctl_fresh_{uuid.uuid4().hex[:8]}"
@@ -139,9 +138,8 @@ def test_postgres_needs_db_upgrade_and_db_upgrade_creates_the_schema(run, backen
         admin.close()
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])
 def test_sqlite_creates_its_schema_on_first_use(run, tmp_path, backend):
-    if backend != "sqlite":
-        pytest.skip("SQLite only")
     url = f"sqlite:///{tmp_path / 'fresh' / 'x.db'}"
     out = run("submit", "x", "-t", "noop", DATABASE_URL=url)
     assert out.returncode == 0, out.stderr
