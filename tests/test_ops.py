@@ -261,6 +261,8 @@ def test_completion_offers_ids_with_status_tasks_and_queues(env, cli, tmp_path):
     real = complete("jobctl cancel 1")
     assert real.returncode == 0 and real.stderr == ""
     assert real.stdout.split() == ["12", "11", "10"]
+    watched = complete("jobctl watch 1")
+    assert watched.returncode == 0 and watched.stdout.split() == ["12", "11", "10"]
 
     # No database yet, or one that does not answer: no suggestions, no error, nothing created.
     fresh = tmp_path / "fresh"

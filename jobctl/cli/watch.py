@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from . import app
+from .params import complete_active_id
 
 if TYPE_CHECKING:
     from ..service import JobView
@@ -183,7 +184,10 @@ def summary_text(c: Counts) -> str:
 @app.command()
 def watch(
     ids: Annotated[
-        list[int] | None, typer.Argument(metavar="ID", help="Jobs to watch (default: every active job).")
+        list[int] | None,
+        typer.Argument(
+            metavar="ID", help="Jobs to watch (default: every active job).", autocompletion=complete_active_id
+        ),
     ] = None,
     interval: Annotated[
         float, typer.Option("--interval", min=0.05, max=3600, help="Seconds between refreshes.")
