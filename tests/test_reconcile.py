@@ -161,7 +161,7 @@ def test_a_killed_worker_and_its_job_are_found_at_once_on_the_same_host(cli, con
     wait_for(status_is(job_id, "processing"))
     pid = horse_pid(conn, job_id)
     os.kill(pid, signal.SIGKILL)
-    os.kill(victim.pid, signal.SIGKILL)  # machine loss: the worker and its work-horse
+    os.killpg(victim.pid, signal.SIGKILL)  # machine loss: the worker, its scheduler and its work-horse
     victim.proc.wait(10)
     old_redis(conn)
     wait_for(lambda: run_pass().lost == [job_id], 10)
@@ -183,7 +183,7 @@ def test_a_worker_lost_elsewhere_is_found_after_heartbeats_expire(cli, conn, fas
     old_redis(conn)
     assert run_pass().lost == []  # alive: its heartbeats are fresh
     os.kill(pid, signal.SIGKILL)
-    os.kill(victim.pid, signal.SIGKILL)
+    os.killpg(victim.pid, signal.SIGKILL)  # the worker and its scheduler
     victim.proc.wait(10)
     killed_at = time.monotonic()
     assert run_pass().lost == []  # heartbeats not expired yet
@@ -200,7 +200,7 @@ def test_workers_reconcile_periodically_and_retry_a_lost_job(cli, conn, fast, st
     job_id = submit(cli, "lost", "-t", "sleep", "-a", "seconds=2", "--retries", "1")
     wait_for(status_is(job_id, "processing"))
     os.kill(horse_pid(conn, job_id), signal.SIGKILL)
-    os.kill(victim.pid, signal.SIGKILL)
+    os.killpg(victim.pid, signal.SIGKILL)  # the worker and its scheduler
     victim.proc.wait(10)
     start_worker()  # its own reconciliation finds the lost attempt and runs the next one
     done = wait_for(status_is(job_id, "completed"), 40)
@@ -224,7 +224,7 @@ def test_an_orphaned_work_horse_finishes_and_its_outcome_is_kept(cli, conn, fast
     job_id = submit(cli, "orphan", "-t", "sleep", "-a", "seconds=4", "-a", "steps=4")
     wait_for(status_is(job_id, "processing"))
     horse_pid(conn, job_id)
-    os.kill(victim.pid, signal.SIGKILL)  # the parent dies; the horse (own process group) runs on
+    os.killpg(victim.pid, signal.SIGKILL)  # the worker dies; its horse (a process group of its own) runs on
     victim.proc.wait(10)
     old_redis(conn)
     deadline = time.monotonic() + 20

@@ -202,7 +202,7 @@ def test_secrets_never_appear_in_output_logs_records_or_errors(
     horse = json.loads(conn.get(f"jobctl:alive:job:jobctl-{long_id}-1"))["pid"]
     parent = int(pathlib.Path(f"/proc/{horse}/stat").read_text().rsplit(")", 1)[1].split()[1])
     os.kill(horse, signal.SIGKILL)
-    os.kill(parent, signal.SIGKILL)  # found lost by the other worker's reconciliation
+    os.killpg(parent, signal.SIGKILL)  # the worker and its scheduler; found lost by the other worker
     wait_for(lambda: status(long_id) == "failed", 30)
     assert status(bad.stdout.strip()) == "failed"
     # wrong passwords and unreachable servers: masked in every error
