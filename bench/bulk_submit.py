@@ -34,22 +34,31 @@ def measure(kind: str, jobs: int, rounds: int) -> None:
 
         conn = queue.get_redis()
         path = Path(env["JOBCTL_DATA_DIR"]) / "jobs.jsonl"
-        path.write_text("".join(json.dumps({"name": f"job {i}", "task": "bench.noop"}) + "\n" for i in range(jobs)))
+        path.write_text(
+            "".join(json.dumps({"name": f"job {i}", "task": "bench.noop"}) + "\n" for i in range(jobs))
+        )
         ours, plain = [], []
         for _ in range(rounds):
             conn.delete("rq:queue:default", "rq:queue:plain")
             before = store.max_job_id() if hasattr(store, "max_job_id") else 0
             t0 = time.perf_counter()
-            out = subprocess.run(jobctl("submit", "--from", str(path)), env=env, capture_output=True, text=True)
+            out = subprocess.run(
+                jobctl("submit", "--from", str(path)), env=env, capture_output=True, text=True
+            )
             ours.append(time.perf_counter() - t0)
             assert out.returncode == 0, out.stderr
             ids = [int(x) for x in out.stdout.split()]
             assert len(ids) == jobs and min(ids) > before
-            assert conn.llen("rq:queue:default") == jobs, (conn.llen("rq:queue:default"), conn.keys("rq:queue:*"))
+            assert conn.llen("rq:queue:default") == jobs, (
+                conn.llen("rq:queue:default"),
+                conn.keys("rq:queue:*"),
+            )
             assert len(store.get_jobs(ids)) == jobs
 
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-c", PLAIN_LOOP, env["REDIS_URL"], str(jobs)], env=env, check=True)
+            subprocess.run(
+                [sys.executable, "-c", PLAIN_LOOP, env["REDIS_URL"], str(jobs)], env=env, check=True
+            )
             plain.append(time.perf_counter() - t0)
             assert conn.llen("rq:queue:plain") == jobs
         print(f"\n{kind}: {jobs} jobs, {rounds} rounds (seconds, start-up included)")
@@ -59,7 +68,9 @@ def measure(kind: str, jobs: int, rounds: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")

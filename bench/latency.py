@@ -34,9 +34,11 @@ def measure(kind: str, jobs: int) -> None:
         try:
             for _ in range(jobs):
                 t0 = datetime.now(UTC)
-                (job,) = service.submit_jobs([service.JobRequest(name="lat", task="bench.noop", queue="bench")])
+                (job,) = service.submit_jobs(
+                    [service.JobRequest(name="lat", task="bench.noop", queue="bench")]
+                )
                 assert job.id is not None
-                wait_until(lambda: store.is_terminal(store.get_job(job.id).status))  # type: ignore[union-attr]
+                wait_until(lambda job=job: store.is_terminal(store.get_job(job.id).status))  # type: ignore[union-attr]
                 row = store.get_job(job.id)
                 assert row is not None and row.started_at and row.completed_at
                 ours_start.append((row.started_at - t0).total_seconds() * 1000)
@@ -44,7 +46,7 @@ def measure(kind: str, jobs: int) -> None:
 
                 t0 = datetime.now(UTC)
                 rq_job = plain_q.enqueue("bench.plain.noop")
-                wait_until(lambda: rq_job.get_status(refresh=True) in ("finished", "failed"))
+                wait_until(lambda rq_job=rq_job: rq_job.get_status(refresh=True) in ("finished", "failed"))
                 rq_job.refresh()
                 plain_start.append((rq_job.started_at.replace(tzinfo=UTC) - t0).total_seconds() * 1000)
                 plain_done.append((rq_job.ended_at.replace(tzinfo=UTC) - t0).total_seconds() * 1000)
@@ -61,7 +63,9 @@ def measure(kind: str, jobs: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--jobs", type=int, default=50)
     parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
     args = parser.parse_args()
