@@ -55,7 +55,7 @@ def stream_lines(rq_id: str, after: int = 0, tail: int | None = None) -> tuple[l
     """Lines of an attempt's stream after line number `after` (or its last `tail`), and whether it ended."""
     from .queue import get_redis
 
-    conn = get_redis()
+    conn: Any = get_redis()  # replies are bytes: the client does not decode
     key = stream_key(rq_id)
     if tail is not None and after == 0:
         entries = list(reversed(conn.xrevrange(key, "+", "-", count=tail + 1)))
@@ -127,7 +127,7 @@ def _follow(job_ids: Sequence[int], tail: int | None, poll: float, block_ms: int
             state.attempt = job.attempts
             lines, _ = stream_lines(queue.rq_job_id(state.job_id, state.attempt), tail=tail)
             yield from _emit(state, lines)
-    conn = queue.get_redis()
+    conn: Any = queue.get_redis()  # replies are bytes: the client does not decode
     next_poll = time.monotonic() + poll
     while not all(s.done for s in followed.values()):
         live = {

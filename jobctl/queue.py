@@ -366,7 +366,7 @@ def queue_depths(extra: Iterable[str] = ()) -> dict[str, int]:
     """How many jobs wait in each queue RQ knows of (and in `extra`), in two round trips."""
     from rq import Queue
 
-    conn = get_redis()
+    conn: Any = get_redis()  # replies are bytes: the client does not decode
     prefix = Queue.redis_queue_namespace_prefix
     names = {raw.decode().removeprefix(prefix) for raw in conn.smembers(Queue.redis_queues_keys)}
     names.update(extra)

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .queue import get_queue, get_redis, guarded, parse_rq_job_id, serializer
-
-if TYPE_CHECKING:
-    from redis import Redis
 
 ENDED = frozenset({"finished", "failed", "stopped", "canceled"})
 
@@ -124,7 +121,7 @@ def started_attempts() -> dict[str, str]:
     """jobctl's RQ job ids that RQ lists as started, on any queue, with their queue (no registry cleanup)."""
     from rq.registry import StartedJobRegistry
 
-    conn = get_redis()
+    conn: Any = get_redis()  # replies are bytes: the client does not decode
     names = sorted(n.decode().removeprefix("rq:queue:") for n in conn.smembers("rq:queues"))
     with conn.pipeline(transaction=False) as pipe:
         for name in names:
@@ -166,7 +163,7 @@ def close_started(task_id: str, queue_name: str, *, completed: bool, reason: str
         pipe.execute()
 
 
-def _drop_started(conn: Redis, key: str, task_id: str) -> None:
+def _drop_started(conn: Any, key: str, task_id: str) -> None:
     # Entries are "<job id>:<execution id>"; the execution records may have expired already.
     stale = [m for m in conn.zrange(key, 0, -1) if m.decode().split(":", 1)[0] == task_id]
     if stale:

@@ -105,7 +105,9 @@ class JobctlWorker(Worker):
         monitor.start()
         from .ticker import Ticker  # recurring schedules, dependency sweep, RQ scheduler takeover
 
-        ticker = Ticker(self, burst=bool(kwargs.get("burst")))
+        ticker = Ticker(
+            self, burst=bool(kwargs.get("burst")), lock=_FORK_LOCK, after=store.close_idle_connections
+        )
         ticker.start()
         worked = False
         try:
