@@ -138,6 +138,9 @@ def env(
     for name in list(os.environ):
         if name.startswith(("JOBCTL_", "POSTGRES_", "REDIS_")) or name == "DATABASE_URL":
             monkeypatch.delenv(name, raising=False)
+    # pytest-xdist workers set COLUMNS/LINES; commands under test size themselves like a user's shell.
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.delenv("LINES", raising=False)
     data_dir = tmp_path / "data"
     values = {
         "JOBCTL_DATA_DIR": str(data_dir),
