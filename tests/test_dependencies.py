@@ -86,7 +86,8 @@ def test_cancelling_a_dependency_or_a_waiting_job(cli, start_worker) -> None:
     row = wait_for(lambda: (r := show(cli, waiter))["status"] == "cancelled" and r, 10, 0.1)
     assert row["error"] == f"cancelled: dependency {slow} cancelled"
 
-    quick = submit(cli, "quick", "-t", "sleep", "-a", "seconds=0.5")
+    # Long enough that the dependent is surely still waiting when it is cancelled, even on a busy machine.
+    quick = submit(cli, "quick", "-t", "sleep", "-a", "seconds=3")
     dropped = submit(cli, "dropped", "-t", "noop", "--after", str(quick))
     out = cli("cancel", str(dropped))
     assert out.exit_code == 0 and f"cancelled job {dropped} (was pending)" in out.stderr
