@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -171,6 +172,23 @@ def env(
             conn.exec_driver_sql("TRUNCATE job, job_dependency, schedule RESTART IDENTITY CASCADE")
     yield dict(os.environ)
     reset_caches()
+    kill_leftovers(f"JOBCTL_DATA_DIR={data_dir}")
+
+
+def kill_leftovers(marker: str) -> None:
+    """SIGKILL processes this test started that outlived it (a work-horse whose worker was killed keeps
+    running in a process group of its own), found by a variable only this test's processes carry."""
+    needle = marker.encode() + b"\0"
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if needle in environ or environ.endswith(marker.encode()):
+            with contextlib.suppress(OSError):
+                os.kill(int(entry.name), signal.SIGKILL)
 
 
 def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
