@@ -184,7 +184,12 @@ def kill_leftovers(marker: str) -> None:
             continue
         try:
             environ = (entry / "environ").read_bytes()
+            cmdline = (entry / "cmdline").read_bytes()
         except OSError:
+            continue
+        # Only jobctl's own processes: servers a broader fixture shares between tests are left alone.
+        args = cmdline.split(b"\0")
+        if b"jobctl" not in args and not any(a.endswith(b"/jobctl") for a in args):
             continue
         if needle in environ or environ.endswith(marker.encode()):
             with contextlib.suppress(OSError):
