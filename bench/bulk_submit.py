@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.harness import environment, jobctl, median
+from bench.harness import add_backend_option, backends, environment, jobctl, median
 
 PLAIN_LOOP = """
 import sys
@@ -73,9 +73,9 @@ def main() -> None:
     )
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
+    add_backend_option(parser)
     args = parser.parse_args()
-    for kind in ("sqlite", "postgres") if args.backend == "both" else (args.backend,):
+    for kind in backends(args.backend):
         measure(kind, args.jobs, args.rounds)
 
 

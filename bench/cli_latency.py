@@ -13,7 +13,7 @@ import time
 
 import sqlalchemy as sa
 
-from bench.harness import environment, jobctl, median
+from bench.harness import add_backend_option, backends, environment, jobctl, median
 
 
 def fill(rows: int) -> None:
@@ -82,9 +82,9 @@ def main() -> None:
     )
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
+    add_backend_option(parser)
     args = parser.parse_args()
-    for kind in ("sqlite", "postgres") if args.backend == "both" else (args.backend,):
+    for kind in backends(args.backend):
         measure(kind, args.rows, args.runs)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import signal
@@ -99,8 +100,9 @@ def reset() -> None:
 
 def start(cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     """Start a process in its own session, output discarded."""
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    return subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -126,6 +128,16 @@ def wait_until(predicate, timeout: float = 60, interval: float = 0.002) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError("benchmark condition not reached")
         time.sleep(interval)
+
+
+def add_backend_option(parser: argparse.ArgumentParser) -> None:
+    """The `--backend sqlite|postgres|both` option every benchmark takes."""
+    parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
+
+
+def backends(choice: str) -> tuple[str, ...]:
+    """The stores a `--backend` choice stands for."""
+    return ("sqlite", "postgres") if choice == "both" else (choice,)
 
 
 def median(values: list[float]) -> float:

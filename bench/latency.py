@@ -13,7 +13,17 @@ import argparse
 import time
 from datetime import UTC, datetime
 
-from bench.harness import environment, jobctl, median, p95, start, stop, wait_until
+from bench.harness import (
+    add_backend_option,
+    backends,
+    environment,
+    jobctl,
+    median,
+    p95,
+    start,
+    stop,
+    wait_until,
+)
 
 
 def measure(kind: str, jobs: int) -> None:
@@ -67,9 +77,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--jobs", type=int, default=50)
-    parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
+    add_backend_option(parser)
     args = parser.parse_args()
-    for kind in ("sqlite", "postgres") if args.backend == "both" else (args.backend,):
+    for kind in backends(args.backend):
         measure(kind, args.jobs)
 
 

@@ -15,7 +15,7 @@ import time
 
 import sqlalchemy as sa
 
-from bench.harness import environment, jobctl, median
+from bench.harness import add_backend_option, backends, environment, jobctl, median
 
 STATUSES = ("completed", "failed", "cancelled", "pending", "processing")
 
@@ -92,9 +92,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
+    add_backend_option(parser)
     args = parser.parse_args()
-    for kind in ("sqlite", "postgres") if args.backend == "both" else (args.backend,):
+    for kind in backends(args.backend):
         measure(kind, args.rows)
 
 
