@@ -8,14 +8,13 @@ job is in the store (jobctl) and on the queue (both).
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from bench.harness import add_backend_option, backends, environment, jobctl, median
+from bench.harness import backends, bench_parser, environment, jobctl, median
 
 PLAIN_LOOP = """
 import sys
@@ -68,12 +67,9 @@ def measure(kind: str, jobs: int, rounds: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = bench_parser(__doc__)
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=3)
-    add_backend_option(parser)
     args = parser.parse_args()
     for kind in backends(args.backend):
         measure(kind, args.jobs, args.rounds)

@@ -309,9 +309,9 @@ def main(argv: list[str] | None = None) -> int:
         "PYTHONUNBUFFERED": "1",
     }
     os.environ.update(env)
-    from jobctl import store
+    from jobctl import schema, store
 
-    store.upgrade_schema()
+    schema.upgrade_schema()
     with store.begin() as conn:
         conn.exec_driver_sql(AUDIT_SQL)
     import redis
@@ -365,8 +365,14 @@ def main(argv: list[str] | None = None) -> int:
             except Exception:
                 pass
             time.sleep(1)
-        time.sleep(args.lost_after + 2 * args.reconcile_interval)  # RQ's leftovers get tidied too
+        # RQ's leftovers (entries of killed processes) are closed by the next passes after LOST_AFTER;
+        # on a loaded machine a pass can come late, so disagreement is looked at again for a while.
+        time.sleep(args.lost_after + 2 * args.reconcile_interval)
         report = check(run, store, conn_r, ledger, seed, args)
+        tidy_deadline = time.monotonic() + args.lost_after + 10 * args.reconcile_interval
+        while report["disagree"] and time.monotonic() < tidy_deadline:
+            time.sleep(args.reconcile_interval)
+            report = check(run, store, conn_r, ledger, seed, args)
     finally:
         workers.stop_all()
         redis_server.close()

@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,9 +74,9 @@ def environment(kind: str) -> Iterator[dict[str, str]]:
             os.environ.update(env)
             reset()
             if kind != "sqlite":
-                from jobctl import store
+                from jobctl import schema
 
-                store.upgrade_schema()
+                schema.upgrade_schema()
             try:
                 yield {**os.environ}
             finally:
@@ -121,7 +121,7 @@ def jobctl(*args: str) -> list[str]:
     return [sys.executable, "-m", "jobctl", *args]
 
 
-def wait_until(predicate, timeout: float = 60, interval: float = 0.002) -> None:  # type: ignore[no-untyped-def]
+def wait_until(predicate: Callable[..., object], timeout: float = 60, interval: float = 0.002) -> None:
     """Poll until `predicate()` is true."""
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -130,9 +130,12 @@ def wait_until(predicate, timeout: float = 60, interval: float = 0.002) -> None:
         time.sleep(interval)
 
 
-def add_backend_option(parser: argparse.ArgumentParser) -> None:
-    """The `--backend sqlite|postgres|both` option every benchmark takes."""
+def bench_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A benchmark's command line: its docstring as help, and the `--backend sqlite|postgres|both`
+    option every benchmark takes (see `backends`)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="both")
+    return parser
 
 
 def backends(choice: str) -> tuple[str, ...]:

@@ -9,13 +9,12 @@ Both workers are `rq`-forking workers waiting on BLPOP; runs alternate job by jo
 
 from __future__ import annotations
 
-import argparse
 import time
 from datetime import UTC, datetime
 
 from bench.harness import (
-    add_backend_option,
     backends,
+    bench_parser,
     environment,
     jobctl,
     median,
@@ -58,6 +57,7 @@ def measure(kind: str, jobs: int) -> None:
                 rq_job = plain_q.enqueue("bench.plain.noop")
                 wait_until(lambda rq_job=rq_job: rq_job.get_status(refresh=True) in ("finished", "failed"))
                 rq_job.refresh()
+                assert rq_job.started_at is not None and rq_job.ended_at is not None
                 plain_start.append((rq_job.started_at.replace(tzinfo=UTC) - t0).total_seconds() * 1000)
                 plain_done.append((rq_job.ended_at.replace(tzinfo=UTC) - t0).total_seconds() * 1000)
         finally:
@@ -73,11 +73,8 @@ def measure(kind: str, jobs: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = bench_parser(__doc__)
     parser.add_argument("--jobs", type=int, default=50)
-    add_backend_option(parser)
     args = parser.parse_args()
     for kind in backends(args.backend):
         measure(kind, args.jobs)

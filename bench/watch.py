@@ -16,19 +16,19 @@ import contextlib
 import io
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from bench.harness import database, stop
 
 ROOT = Path(__file__).resolve().parent.parent
-POSTGRES_ADMIN = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 @dataclass
@@ -79,36 +79,6 @@ def private_redis(tmp: Path) -> Iterator[str]:
         yield f"unix://{sock}"
     finally:
         stop(proc)
-
-
-@contextlib.contextmanager
-def database(kind: str, tmp: Path) -> Iterator[str]:
-    """A fresh SQLite file or PostgreSQL database (dropped afterwards)."""
-    if kind == "sqlite":
-        yield f"sqlite:///{tmp / 'jobctl.db'}"
-        return
-    import psycopg2
-
-    name = f"jobctl_bench_watch_{uuid.uuid4().hex[:8]}"
-    admin = psycopg2.connect(POSTGRES_ADMIN)
-    admin.autocommit = True
-    admin.cursor().execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield POSTGRES_ADMIN.rsplit("/", 1)[0] + "/" + name
-    finally:
-        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """Stop a process this benchmark started, by its PID (its process group if it will not go)."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
 
 
 def install_counters() -> Counter:
@@ -166,7 +136,7 @@ def commandstats(url: str) -> dict[str, int]:
     }
 
 
-def measure_tick(watcher, counter: Counter) -> Sample:  # type: ignore[no-untyped-def]
+def measure_tick(watcher: Any, counter: Counter) -> Sample:
     """One refresh: the watcher's poll, then drawing the screen a terminal would show."""
     from rich.console import Console
 
@@ -199,10 +169,10 @@ def run(args: argparse.Namespace) -> None:
                 "REDIS_URL": redis_url, "DATABASE_URL": db_url, "JOBCTL_DATA_DIR": str(tmp),
                 "JOBCTL_TASKS": "", "PYTHONPATH": str(ROOT),
             })
-            from jobctl import service, store
+            from jobctl import schema, service
 
             if args.backend != "sqlite":
-                store.upgrade_schema()
+                schema.upgrade_schema()
             jobs = service.submit_jobs([
                 service.JobRequest(
                     name=f"bench job {i}", task="process",
@@ -278,7 +248,7 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
 
 
-def report(args: argparse.Namespace, r: Results, counts, naive: Sample) -> None:  # type: ignore[no-untyped-def]
+def report(args: argparse.Namespace, r: Results, counts: Any, naive: Sample) -> None:
     from jobctl.cli.watch import summary_text
 
     med = statistics.median

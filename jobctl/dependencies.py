@@ -13,9 +13,11 @@ periodic sweep may all try at once and exactly one acts.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -56,13 +58,14 @@ def check_ids(after: Iterable[int], after_any: Iterable[int]) -> tuple[list[int]
     return strict, loose
 
 
-def add_edges(conn: Connection, jobs: Sequence[Job]) -> None:
-    """Record the waits of newly inserted blocked rows (in the inserting transaction)."""
+def add_edges(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Record the waits of newly inserted blocked rows, from their stored values (in the inserting
+    transaction)."""
     edges = [
-        {"job_id": job.id, "depends_on_id": dep, "any_outcome": loose}
-        for job in jobs
-        if job.blocked
-        for loose, deps in ((False, job.depends_on or []), (True, job.depends_on_any or []))
+        {"job_id": row["id"], "depends_on_id": dep, "any_outcome": loose}
+        for row in rows
+        if row.get("blocked")
+        for loose, deps in ((False, row.get("depends_on") or []), (True, row.get("depends_on_any") or []))
         for dep in deps
     ]
     if edges:
@@ -187,15 +190,25 @@ def _statuses(ids: Iterable[int]) -> dict[int, str]:
     return {r.id: r.status for r in rows}
 
 
+@functools.cache
+def _dependents_statement() -> Any:
+    """Built once: every finished job runs it."""
+    ended: sa.BindParameter[list[int]] = sa.bindparam("ended", expanding=True)
+    return sa.select(EDGE.c.job_id).where(EDGE.c.depends_on_id.in_(ended)).distinct()
+
+
 def _dependents(ended: Iterable[int]) -> list[int]:
     ended = list(ended)
     if not ended:
         return []
     with store.get_engine().connect() as conn:
-        rows = conn.execute(
-            sa.select(EDGE.c.job_id).where(EDGE.c.depends_on_id.in_(ended)).distinct()
-        ).all()
+        rows = conn.execute(_dependents_statement(), {"ended": ended}).all()
     return [r.job_id for r in rows]
+
+
+def warm_up() -> None:
+    """Compile the query each finished job runs, before a worker forks its work-horses."""
+    _dependents([0])
 
 
 @store.guarded

@@ -7,6 +7,7 @@ the same tail is stored in the `job_log` table, which `jobctl logs` reads for fi
 
 from __future__ import annotations
 
+import _thread
 import collections
 import contextlib
 import logging
@@ -47,11 +48,9 @@ def job_log_table() -> sa.Table:
 
 class LogCapture:
     """Redirects the process's stdout and stderr (file descriptors 1 and 2) and the root logger into
-    the attempt's log while the task runs; `stop()` restores them and stores the tail in SQL."""
+    the attempt's log while the task runs; `stop()` restores them and returns the tail to store."""
 
-    def __init__(self, job_id: int, attempt: int, rq_id: str, max_bytes: int) -> None:
-        self.job_id = job_id
-        self.attempt = attempt
+    def __init__(self, rq_id: str, max_bytes: int) -> None:
         self.key = stream_key(rq_id)
         self.max_bytes = max_bytes
         self.kept: collections.deque[tuple[int, str, int]] = collections.deque()  # (line no, text, bytes)
@@ -65,7 +64,7 @@ class LogCapture:
         self.stop_requested_at = 0.0
         self.saved_fds: tuple[int, int] | None = None
         self.read_fd = -1
-        self.thread: threading.Thread | None = None
+        self.read_done: threading.Event | None = None  # set by the reader thread as it ends
         self.saved_logging: tuple[list[logging.Handler], int] | None = None
         self.saved_buffering: list[tuple[Any, bool]] = []
         self.handler: logging.Handler | None = None
@@ -85,8 +84,9 @@ class LogCapture:
                 self.saved_buffering.append((stream, bool(stream.line_buffering)))
                 stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
         self._capture_logging()
-        self.thread = threading.Thread(target=self._read, name="jobctl-log-capture", daemon=True)
-        self.thread.start()
+        # A low-level thread: `threading.Thread.start` would wait until it runs, in every work-horse.
+        self.read_done = threading.Event()
+        _thread.start_new_thread(self._read_until_done, (self.read_done,))
 
     def _capture_logging(self) -> None:
         root = logging.getLogger()
@@ -106,10 +106,11 @@ class LogCapture:
         if root.level > logging.INFO or root.level == logging.NOTSET:
             root.setLevel(logging.INFO)
 
-    def stop(self) -> None:
-        """Stop capturing, write the last lines and the end marker, store the tail in SQL."""
+    def stop(self) -> tuple[str, int] | None:
+        """Stop capturing and write the last lines and the end marker. Returns the tail to store with
+        the outcome (see `keep_tail`) and the bytes dropped before it; None if nothing was printed."""
         if self.saved_fds is None:
-            return
+            return None
         _flush_std()
         root = logging.getLogger()
         if self.handler is not None:
@@ -118,7 +119,8 @@ class LogCapture:
             echoing, level = self.saved_logging
             for handler in echoing:
                 root.addHandler(handler)
-            root.setLevel(level)
+            if root.level != level:  # setLevel clears every logger's cache
+                root.setLevel(level)
         for stream, line_buffering in self.saved_buffering:
             with contextlib.suppress(Exception):
                 stream.reconfigure(line_buffering=line_buffering)
@@ -130,13 +132,20 @@ class LogCapture:
         self.saved_fds = None
         self.stop_requested_at = time.monotonic()
         self.stopping.set()
-        if self.thread is not None:
-            self.thread.join(5)
+        if self.read_done is not None:
+            self.read_done.wait(5)
         with contextlib.suppress(OSError):
             os.close(self.read_fd)
-        if self.seq:
-            stored = self._store()
-            self._end(STREAM_TTL_STORED if stored else STREAM_TTL)
+        if not self.seq:
+            return None
+        self._end(STREAM_TTL)  # until the tail is stored
+        return self.text(), self.dropped
+
+    def _read_until_done(self, done: threading.Event) -> None:
+        try:
+            self._read()
+        finally:
+            done.set()
 
     def _read(self) -> None:
         buffer = b""
@@ -210,14 +219,6 @@ class LogCapture:
         """The kept tail, one line per line."""
         return "".join(text + "\n" for _, text, _ in list(self.kept))
 
-    def _store(self) -> bool:
-        try:
-            store_log(self.job_id, self.attempt, self.text(), self.dropped)
-            return True
-        except Exception as exc:  # the stream keeps the lines for a day; `jobctl logs` reads it then
-            log.warning("could not store the log of job %s: %s", self.job_id, exc)
-            return False
-
 
 def _flush_std() -> None:
     for stream in (sys.stdout, sys.stderr):
@@ -225,14 +226,14 @@ def _flush_std() -> None:
             stream.flush()
 
 
-def start_capture(job_id: int, attempt: int, rq_id: str) -> LogCapture | None:
+def start_capture(job_id: int, rq_id: str) -> LogCapture | None:
     """Capture the running task's output, or None when logs are off (JOBCTL_LOG_MAX_BYTES=0)."""
     from .config import get_settings
 
     max_bytes = get_settings().log_max_bytes
     if max_bytes <= 0:
         return None
-    capture = LogCapture(job_id, attempt, rq_id, max_bytes)
+    capture = LogCapture(rq_id, max_bytes)
     try:
         capture.start()
     except OSError as exc:  # out of file descriptors: run the task without a log
@@ -257,3 +258,27 @@ def store_log(job_id: int, attempt: int, text: str, dropped: int) -> None:
                 job_id=job_id, attempt=attempt, text=text, dropped=dropped, created_at=utcnow()
             )
         )
+
+
+def keep_tail(job_id: int, attempt: int, text: str, dropped: int) -> None:
+    """Store the tail an attempt's capture kept; its Redis stream then only serves followers a while."""
+    from .queue import get_redis, rq_job_id
+
+    try:
+        store_log(job_id, attempt, text, dropped)
+    except Exception as exc:  # the stream keeps the lines for a day; `jobctl logs` reads it then
+        log.warning("could not store the log of job %s: %s", job_id, exc)
+        return
+    with contextlib.suppress(Exception):
+        get_redis().expire(stream_key(rq_job_id(job_id, attempt)), STREAM_TTL_STORED)
+
+
+def keep_stream(job_id: int, attempt: int) -> None:
+    """Store what an attempt's Redis stream holds, for an attempt whose process died before storing
+    its own log (killed, or lost with its worker)."""
+    from .follow import stream_lines
+    from .queue import rq_job_id
+
+    lines, _ = stream_lines(rq_job_id(job_id, attempt))
+    if lines:
+        keep_tail(job_id, attempt, "".join(text + "\n" for _, text in lines), dropped=0)

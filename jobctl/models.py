@@ -53,6 +53,7 @@ TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED
 ACTIVE = frozenset({JobStatus.PENDING, JobStatus.PROCESSING})
 
 
+UNIQUE_ACTIVE_INDEX = "ux_job_unique_key_active"
 UNIQUE_ACTIVE_WHERE = "unique_key IS NOT NULL AND status IN ('pending', 'processing')"
 
 
@@ -61,17 +62,13 @@ class Job(SQLModel, table=True):
 
     __tablename__ = "job"
     __table_args__ = (
-        sa.Index("ix_job_status_id", "status", "id"),
-        sa.Index("ix_job_task_id_order", "task", "id"),
-        sa.Index("ix_job_queue_id", "queue", "id"),
-        # At most one active job per unique key (an idempotency token for scripts).
-        sa.Index(
-            "ux_job_unique_key_active",
-            "unique_key",
-            unique=True,
-            sqlite_where=sa.text(UNIQUE_ACTIVE_WHERE),
-            postgresql_where=sa.text(UNIQUE_ACTIVE_WHERE),
-        ),
+        # `list` filters (migration 0004): each index walks its rows newest first and holds the other
+        # filter columns, so combined filters are checked without reading the rows.
+        sa.Index("ix_job_status_list", "status", "id", "task", "queue"),
+        sa.Index("ix_job_task_list", "task", "id", "status", "queue"),
+        sa.Index("ix_job_queue_list", "queue", "id", "status", "task"),
+        sa.Index("ix_job_created_at_id", "created_at", "id"),  # --since, --sort created
+        # ux_job_unique_key_active (migration 0002) is declared by declare_partial_indexes().
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -126,6 +123,25 @@ class Job(SQLModel, table=True):
             value = getattr(self, key)
             out[key] = value.isoformat() if isinstance(value, datetime) else value
         return out
+
+
+def declare_partial_indexes() -> None:
+    """Add the partial index the migrations create to `Job`'s table, for Alembic's autogenerate.
+
+    At most one active job per unique key (an idempotency token for scripts). A `postgresql_where`
+    makes SQLAlchemy import the PostgreSQL dialect to check it: declared at import time it would cost
+    every SQLite command that import, so only the migration environment declares it.
+    """
+    table = Job.__table__  # type: ignore[attr-defined]
+    if any(index.name == UNIQUE_ACTIVE_INDEX for index in table.indexes):
+        return
+    sa.Index(
+        UNIQUE_ACTIVE_INDEX,
+        table.c.unique_key,
+        unique=True,
+        sqlite_where=sa.text(UNIQUE_ACTIVE_WHERE),
+        postgresql_where=sa.text(UNIQUE_ACTIVE_WHERE),
+    )
 
 
 PUBLIC_FIELDS = (

@@ -10,7 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from . import store
+from . import listing, store
 from .durations import parse_duration, parse_since
 from .errors import BackendError, NotFoundError, UsageError
 from .models import TERMINAL, Job, JobStatus
@@ -40,14 +40,14 @@ def parse_sort(text: str) -> list[tuple[str, bool]]:
         key = part.strip().lower()
         descending = key.startswith("-")
         key = key.lstrip("+-")
-        if key not in store.SORT_KEYS:
-            raise UsageError(f"cannot sort by {part.strip()!r} (choose from {', '.join(store.SORT_KEYS)})")
+        if key not in listing.SORT_KEYS:
+            raise UsageError(f"cannot sort by {part.strip()!r} (choose from {', '.join(listing.SORT_KEYS)})")
         order.append((key, descending))
     return order
 
 
 def list_filters(*, since: str | None, name: str | None, sort: str | None) -> dict[str, Any]:
-    """The keyword arguments `store.list_jobs` takes for `list --since/--name/--sort`."""
+    """The keyword arguments `listing.list_jobs` takes for `list --since/--name/--sort`."""
     filters: dict[str, Any] = {}
     if since is not None:
         filters["since"] = parse_since(since)

@@ -12,6 +12,7 @@ from sqlalchemy import exc as sa_exc
 from . import backoff, dependencies, store, timespec
 from .config import get_settings
 from .errors import RefusedError, UsageError
+from .inserts import insert_values
 from .models import ACTIVE, Job
 from .priority import check_priority
 
@@ -86,9 +87,10 @@ def _active_with(conn: Any, keys: Sequence[str]) -> Any:
 
 
 @store.guarded
-def insert_jobs(rows: Sequence[dict[str, Any]]) -> list[Job]:
-    """Insert pending rows and their waits in one transaction; a unique key held by an active job
-    (or given twice) is refused, naming the job that holds it."""
+def insert_jobs(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Insert pending rows and their waits in one transaction; returns the stored values of each row
+    (see inserts.insert_values). A unique key held by an active job (or given twice) is refused,
+    naming the job that holds it."""
     from .queue import rq_job_id
 
     keys = [r["unique_key"] for r in rows if r.get("unique_key")]
@@ -99,8 +101,8 @@ def insert_jobs(rows: Sequence[dict[str, Any]]) -> list[Job]:
         with store.begin() as conn:
             if keys and (held := _active_with(conn, keys)) is not None:
                 raise _taken(held.id, held.unique_key, held.status)
-            jobs = store.insert_rows(conn, rows, lambda job_id: rq_job_id(job_id, 1))
-            dependencies.add_edges(conn, jobs)
+            values = insert_values(conn, rows, lambda job_id: rq_job_id(job_id, 1))
+            dependencies.add_edges(conn, values)
     except sa_exc.IntegrityError:
         # Another submission took the key between the check and the insert (the index refused it).
         with store.get_engine().connect() as conn:
@@ -108,7 +110,7 @@ def insert_jobs(rows: Sequence[dict[str, Any]]) -> list[Job]:
         if held is None:
             raise
         raise _taken(held.id, held.unique_key, held.status) from None
-    return jobs
+    return values
 
 
 def from_line(data: dict[str, Any], defaults: JobRequest, number: int) -> dict[str, Any]:

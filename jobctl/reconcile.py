@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from . import liveness, queue, registries, store
+from . import lifecycle, liveness, queue, registries, store
 from .config import get_settings
 from .models import Job, JobStatus, utcnow
+from .priority import rq_queue_name
 
 log = logging.getLogger("jobctl.reconcile")
 log.addHandler(logging.NullHandler())  # workers show these; `jobctl health` shows its summary instead
@@ -75,10 +76,12 @@ def settle_failure(job: Job, attempt: int, error: str, progress: dict[str, Any] 
     from .backoff import plan_retry
 
     assert job.id is not None
+    # The log first: once the row shows the attempt ended, its log is there too.
+    _keep_log(job.id, attempt)
     plan = plan_retry(job, attempt)
     if plan is not None:
         next_id = queue.rq_job_id(job.id, attempt + 1)
-        if store.requeue_after_failure(
+        if lifecycle.requeue_after_failure(
             job.id, attempt, error=error, progress=progress, task_id=next_id, scheduled_for=plan.due
         ):
             job.attempts = attempt
@@ -88,7 +91,19 @@ def settle_failure(job: Job, attempt: int, error: str, progress: dict[str, Any] 
             except Exception as exc:  # the row is pending without a queue entry: the next pass enqueues it
                 log.warning("job %s: could not queue attempt %s: %s", job.id, attempt + 1, exc)
             return "retried"
-    return "failed" if store.finish(job.id, attempt, JobStatus.FAILED, error=error, progress=progress) else ""
+    if not lifecycle.finish(job.id, attempt, JobStatus.FAILED, error=error, progress=progress):
+        return ""
+    return "failed"
+
+
+def _keep_log(job_id: int, attempt: int) -> None:
+    """An attempt settled for its dead process: keep the lines it streamed, as it did not store them."""
+    from .logs import keep_stream
+
+    try:
+        keep_stream(job_id, attempt)
+    except Exception as exc:  # the stream stays readable in Redis for a day
+        log.warning("job %s attempt %s: could not store its log: %s", job_id, attempt, exc)
 
 
 def settle_attempt(task_id: str, reason: str) -> str:
@@ -97,10 +112,16 @@ def settle_attempt(task_id: str, reason: str) -> str:
     if parsed is None:
         return ""
     job_id, attempt = parsed
+    job = _running(job_id, attempt)
+    return settle_failure(job, attempt, reason) if job else ""
+
+
+def _running(job_id: int, attempt: int) -> Job | None:
+    """The whole row, read now, if it is still running `attempt`; else None (it moved on)."""
     job = store.get_job(job_id)
     if job is None or job.status != JobStatus.PROCESSING.value or job.attempts != attempt:
-        return ""
-    return settle_failure(job, attempt, reason)
+        return None
+    return job
 
 
 def _rq_error(outcome: registries.Outcome) -> str:
@@ -151,7 +172,7 @@ class _Pass:
     def run(self) -> Report:
         now = utcnow()
         grace = timedelta(seconds=min(self.lost_after, MAX_PENDING_GRACE))
-        rows = store.active_jobs()
+        rows = store.active_rows()
         processing = [r for r in rows if r.status == JobStatus.PROCESSING.value]
         # A row stored a moment ago may not be enqueued yet: leave it to the submitter for a while.
         # A blocked row waits on other jobs with no queue entry by design (see dependencies.py).
@@ -160,8 +181,8 @@ class _Pass:
             for r in rows
             if r.status == JobStatus.PENDING.value and not r.blocked and r.updated_at < now - grace
         ]
-        ids = {r.id: queue.rq_job_id(r.id or 0, r.attempts) for r in processing}
-        ids.update({r.id: queue.rq_job_id(r.id or 0, r.attempts + 1) for r in pending})
+        ids = {r.id: queue.rq_job_id(r.id, r.attempts) for r in processing}
+        ids.update({r.id: queue.rq_job_id(r.id, r.attempts + 1) for r in pending})
         states = registries.attempt_states(list(ids.values()))
         workers = {r.worker for r in processing if r.worker}
         workers |= {s.worker for r in pending if (s := states[ids[r.id]]).status == "started" and s.worker}
@@ -171,7 +192,7 @@ class _Pass:
         for row in processing:
             self._check_processing(row, ids[row.id], states[ids[row.id]], job_beats, worker_beats, now)
         self._check_pending(pending, ids, states, worker_beats)
-        self._tidy_started(now)
+        self._close_leftovers(now)
         if self.report.changed:
             log.warning("reconciliation: %s", self.report.summary())
         return self.report
@@ -180,14 +201,13 @@ class _Pass:
 
     def _check_processing(
         self,
-        row: Job,
+        row: store.ActiveRow,
         rq_id: str,
         state: registries.AttemptState,
         job_beats: dict[str, liveness.Beat],
         worker_beats: dict[str, liveness.Beat],
         now: Any,
     ) -> None:
-        assert row.id is not None
         # Only the RQ execution that claimed the row speaks for it (a duplicate entry may have run too).
         same_run = row.worker is None or state.worker in (None, row.worker)
         if state.status in registries.ENDED and same_run and self._finalize(row, rq_id):
@@ -209,25 +229,32 @@ class _Pass:
         reason = f"worker lost: {who} stopped responding while running this job (no heartbeat)"
         if proven_gone:
             reason = f"worker lost: the process running this job on {who} is gone"
-        settled = settle_failure(row, row.attempts, reason, progress=row.progress)
+        job = _running(row.id, row.attempts)
+        settled = settle_failure(job, row.attempts, reason, progress=job.progress) if job else ""
         if settled:
             self.report.lost.append(row.id)
             log.warning("job %s attempt %s: %s; %s", row.id, row.attempts, reason, settled)
             with contextlib.suppress(Exception):
-                registries.mark_failed(rq_id, reason)
+                registries.close(rq_id, reason)
 
-    def _finalize(self, row: Job, rq_id: str) -> bool:
-        assert row.id is not None
+    def _finalize(self, row: store.ActiveRow, rq_id: str) -> bool:
         outcome = registries.ended_outcome(rq_id)
         if outcome is None:
             return False
+        # It ended a moment ago: the worker that ran it records the outcome itself (a failure with the
+        # exception in hand, which decides a retry). Left to it for a while.
+        grace = timedelta(seconds=min(self.lost_after, MAX_PENDING_GRACE))
+        if outcome.ended_at is not None and outcome.ended_at > utcnow() - grace:
+            return True
         if outcome.status == "finished":
-            done = store.finish(
+            done = lifecycle.finish(
                 row.id, row.attempts, JobStatus.COMPLETED, result=outcome.result, progress=outcome.progress
             )
             settled = "completed" if done else ""
         else:
-            settled = settle_failure(row, row.attempts, _rq_error(outcome), progress=outcome.progress)
+            job = _running(row.id, row.attempts)
+            error = _rq_error(outcome)
+            settled = settle_failure(job, row.attempts, error, progress=outcome.progress) if job else ""
         if settled:
             self.report.finalized.append(row.id)
             log.warning(
@@ -235,13 +262,14 @@ class _Pass:
             )
         return True
 
-    # ------------------------------------------------------------ RQ's started list
+    # ------------------------------------------------------------ RQ's started and popped lists
 
-    def _tidy_started(self, now: Any) -> None:
-        """RQ still lists as started attempts that ended in SQL or were superseded, and whose process is
-        gone (killed after recording its outcome): close them, so RQ and rq-dashboard agree."""
-        started = registries.started_attempts()
-        parsed = {rq_id: found for rq_id in started if (found := queue.parse_rq_job_id(rq_id))}
+    def _close_leftovers(self, now: Any) -> None:
+        """RQ still lists as started, or as popped, attempts that ended in SQL or were superseded, and whose
+        process is gone (killed after recording its outcome, or before starting a row cancelled since):
+        close them, so RQ and rq-dashboard agree."""
+        held = registries.started_attempts(popped=True)
+        parsed = {rq_id: found for rq_id in held if (found := queue.parse_rq_job_id(rq_id))}
         rows = store.get_jobs(sorted({job_id for job_id, _ in parsed.values()}))
         settled_before = now - timedelta(seconds=self.lost_after)
         candidates = []
@@ -266,22 +294,22 @@ class _Pass:
                 continue  # still running somewhere (an orphan): it closes its own entry
             completed = row.status == JobStatus.COMPLETED.value and row.attempts == parsed[rq_id][1]
             reason = f"job {row.id} is {row.status} (attempt {row.attempts})"
-            registries.close_started(rq_id, started[rq_id], completed=completed, reason=reason)
+            registries.close(rq_id, reason, completed=completed, queue_name=held[rq_id])
             self.report.tidied.append(rq_id)
 
     # ------------------------------------------------------------ pending rows
 
     def _check_pending(
         self,
-        rows: list[Job],
-        ids: dict[int | None, str],
+        rows: list[store.ActiveRow],
+        ids: dict[int, str],
         states: dict[str, registries.AttemptState],
         worker_beats: dict[str, liveness.Beat],
     ) -> None:
         waiting: dict[str, queue.Waiting] = {}
         started_workers = {states[ids[r.id]].worker for r in rows if states[ids[r.id]].status == "started"}
         registered = registries.registered_workers(w for w in started_workers if w)
-        missing: list[Job] = []
+        missing: list[store.ActiveRow] = []
         for row in rows:
             rq_id = ids[row.id]
             state = states[rq_id]
@@ -294,7 +322,7 @@ class _Pass:
                 if not alive and self.trust_absence:
                     missing.append(row)
                 continue
-            rq_queue = queue.rq_queue(row)
+            rq_queue = rq_queue_name(row.queue, row.priority)
             if rq_queue not in waiting:
                 waiting[rq_queue] = queue.waiting(rq_queue)
             w = waiting[rq_queue]
@@ -309,14 +337,23 @@ class _Pass:
                 if rq_id in w.popped:
                     registries.forget_popped(rq_queue, rq_id)
                 missing.append(row)
-        if not missing:
+        # Read whole, as they are now: a row claimed or cancelled since the pass began is left alone.
+        current = store.get_jobs([row.id for row in missing])
+        stranded = [
+            job
+            for row in missing
+            if (job := current.get(row.id)) is not None
+            and job.status == JobStatus.PENDING.value
+            and job.attempts == row.attempts
+        ]
+        if not stranded:
             return
-        queue.enqueue(missing)
-        for row in missing:
-            assert row.id is not None
-            self.conn.delete(SUSPECT_KEY.format(ids[row.id]))
-            self.report.requeued.append(row.id)
-            log.warning("job %s: attempt %s was not in Redis; queued it again", row.id, row.attempts + 1)
+        queue.enqueue(stranded)
+        for job in stranded:
+            assert job.id is not None
+            self.conn.delete(SUSPECT_KEY.format(ids[job.id]))
+            self.report.requeued.append(job.id)
+            log.warning("job %s: attempt %s was not in Redis; queued it again", job.id, job.attempts + 1)
 
     def _suspect_for(self, rq_id: str) -> float:
         """Seconds since this pass family first saw `rq_id` in an in-between state."""

@@ -1,7 +1,8 @@
-"""What a worker executes: claim the row, run the task, report progress, finalize the record."""
+"""What runs a job: the task with its progress, output capture, time limits and cancel watch; its outcome."""
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import json
 import logging
@@ -10,9 +11,14 @@ import signal
 import threading
 import time
 import traceback
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import get_settings
+from .handoff import CANCELLED, COMPLETED, FAILED, RETRY, Outcome, record, take
+
+if TYPE_CHECKING:
+    from .models import Job
+    from .timeouts import Deadlines
 
 log = logging.getLogger("jobctl.runtime")
 
@@ -68,34 +74,9 @@ def progress(current: int, total: int | None = None, message: str | None = None)
         _reporter.update(current, total, message)
 
 
-class _CancelWatcher(threading.Thread):
-    """Polls for a cancel request; signals the task, then kills the work-horse after a grace period."""
-
-    def __init__(self, conn: Any, task_id: str, grace: float, in_horse: bool) -> None:
-        super().__init__(name="jobctl-cancel-watcher", daemon=True)
-        self.conn = conn
-        self.task_id = task_id
-        self.grace = grace
-        self.in_horse = in_horse
-        self.done = threading.Event()
-        self.cancelled = False
-
-    def run(self) -> None:
-        from .queue import stop_requested
-
-        while not self.done.wait(0.2):
-            try:
-                if not stop_requested(self.conn, self.task_id):
-                    continue
-            except Exception:
-                continue
-            self.cancelled = True
-            os.kill(os.getpid(), signal.SIGTERM)
-            if self.done.wait(self.grace):
-                return
-            if self.in_horse:
-                os.kill(os.getpid(), signal.SIGKILL)
-            return
+CANCEL_SIGNAL_IN_PROCESS = signal.SIGUSR2
+# Set by a jobctl worker that runs jobs in its own process: its heartbeat names the running job.
+worker_heartbeat_names_job = False
 
 
 def _raise_cancelled(signum: int, frame: Any) -> None:
@@ -115,104 +96,189 @@ def describe_error(exc: BaseException) -> str:
     return f"{summary}\n\n{tb}"
 
 
-class _Heartbeat:
-    """Keeps the running attempt's liveness key fresh until its outcome is recorded (see liveness.py)."""
+class _Attendant:
+    """One thread beside a running attempt: keeps its heartbeat fresh (see liveness.py) and, while the
+    task runs, applies its time limits (timeouts.Deadlines) and polls for a cancel request; on one it
+    signals the task, then kills the work-horse after the grace period.
+
+    Told everything first (`begin`, `watch_cancel`, `keep_deadlines`), then started once (`start`): its
+    first look is due a poll interval later, so a short job's attendant never wakes before it ends. A
+    low-level thread, as nothing waits for it: `threading.Thread.start` would wait until it runs.
+    """
+
+    CANCEL_POLL = 0.2
+    # An attempt that ends sooner writes no heartbeat: until then, its start time vouches for it
+    # (the reconciler waits JOBCTL_LOST_AFTER from the start for a first heartbeat).
+    FIRST_BEAT_AFTER = 1.0
 
     def __init__(self) -> None:
-        self.stopped = threading.Event()
         self.rq_id: str | None = None
+        self.lost_after = 0.0
+        self.stopped = threading.Event()
+        self.task_done = threading.Event()
+        self.wakeup = threading.Event()
+        self.watch: tuple[Any, str, float, bool] | None = None  # (connection, RQ job id, grace, in_horse)
+        self.signal = signal.SIGTERM
+        self.cancelled = False
+        self.beat_lock = threading.Lock()
+        self.beaten = False
+        self.deadlines: Deadlines | None = None
 
-    def start(self, rq_id: str, lost_after: float) -> None:
+    def begin(self, rq_id: str, lost_after: float, *, beats: bool = True) -> None:
+        """Attend to `rq_id`: heartbeats (unless not `beats`), and cancel requests once watched."""
+        self.rq_id = rq_id if beats else None
+        self.lost_after = lost_after
+
+    def watch_cancel(self, conn: Any, rq_id: str, grace: float, in_horse: bool, sig: int) -> None:
+        """Poll for a cancel request of `rq_id` until `task_ended()`; stop the task with `sig`."""
+        self.watch = (conn, rq_id, grace, in_horse)
+        self.signal = signal.Signals(sig)
+
+    def keep_deadlines(self, deadlines: Deadlines) -> None:
+        """Let the task's time limits act when they pass (until `task_ended()`)."""
+        self.deadlines = deadlines
+
+    def start(self) -> None:
+        _thread.start_new_thread(self.run, ())
+
+    def task_ended(self) -> None:
+        self.task_done.set()
+
+    def run(self) -> None:
+        from .liveness import beat_interval
+
+        interval = beat_interval(self.lost_after)
+        next_beat = time.monotonic() + min(interval, self.FIRST_BEAT_AFTER)
+        while True:
+            poll = self.CANCEL_POLL if self._watching() else interval
+            if self.rq_id is not None:
+                poll = min(poll, max(0.0, next_beat - time.monotonic()))
+            due = self.deadlines.next_due() if self.deadlines is not None else None
+            self.wakeup.wait(poll if due is None else min(poll, due))
+            self.wakeup.clear()
+            if self.stopped.is_set():
+                return
+            if self.deadlines is not None and not self.task_done.is_set():
+                self.deadlines.poll()
+            if self.rq_id is not None and time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + interval
+                self._beat()
+            if self._watching() and self._cancel_requested():
+                self._stop_task()
+
+    def _beat(self) -> None:
         from . import liveness, queue
 
-        self.rq_id = rq_id
+        assert self.rq_id is not None
+        with self.beat_lock:
+            if self.stopped.is_set():
+                return
+            try:
+                liveness.beat_job(queue.get_redis(), self.rq_id, self.lost_after)
+            except Exception as exc:  # Redis down: the reconciler waits for heartbeats to come back
+                log.debug("could not write the heartbeat of %s: %s", self.rq_id, exc)
+                return
+            self.beaten = True
+
+    def _watching(self) -> bool:
+        return self.watch is not None and not self.task_done.is_set() and not self.cancelled
+
+    def _cancel_requested(self) -> bool:
+        from .queue import stop_requested
+
+        assert self.watch is not None
         try:
-            conn = queue.get_redis()
-            liveness.beat_job(conn, rq_id, lost_after)
-        except Exception as exc:  # Redis down: the reconciler waits for heartbeats to come back
-            log.warning("could not write the heartbeat of %s: %s", rq_id, exc)
+            return stop_requested(self.watch[0], self.watch[1])
+        except Exception:
+            return False
 
-        def beat() -> None:
-            while not self.stopped.wait(liveness.beat_interval(lost_after)):
-                try:
-                    liveness.beat_job(queue.get_redis(), rq_id, lost_after)
-                except Exception:
-                    continue
-
-        threading.Thread(target=beat, name="jobctl-heartbeat", daemon=True).start()
+    def _stop_task(self) -> None:
+        assert self.watch is not None
+        _, _, grace, in_horse = self.watch
+        self.cancelled = True
+        os.kill(os.getpid(), self.signal)
+        if not self.task_done.wait(grace) and in_horse:
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def stop(self) -> None:
+        """Withdraw the heartbeat (the outcome is recorded, or left to reconciliation)."""
         from . import liveness, queue
 
-        self.stopped.set()
-        if self.rq_id is not None:
+        with self.beat_lock:
+            self.stopped.set()
+        self.task_done.set()
+        self.wakeup.set()
+        if self.rq_id is not None and self.beaten:
             with contextlib.suppress(Exception):  # otherwise the key expires by itself
                 liveness.end_job(queue.get_redis(), self.rq_id)
 
 
-FINAL_WRITE_DELAYS = (0.5, 1.0, 2.0, 4.0, 4.0, 4.0)
-
-
-def _durably(write: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run a final write, retrying while the database is unreachable; None if it never answered.
-
-    The RQ job then ends with the outcome (result or exception), and the reconciler records it.
-    """
-    from .errors import BackendError
-
-    for delay in (*FINAL_WRITE_DELAYS, None):
-        try:
-            return write(*args, **kwargs)
-        except BackendError as exc:
-            if delay is None:
-                log.error("could not record the outcome (%s); leaving it to reconciliation", exc)
-                return None
-            log.warning("could not record the outcome (%s); retrying in %gs", exc, delay)
-            time.sleep(delay)
-    return None
-
-
 def run_job(job_id: int, attempt: int) -> Any:
-    """The one function RQ runs for jobctl: claim the row, run its task, record the outcome."""
-    heartbeat = _Heartbeat()
+    """The one function RQ runs for jobctl: run the attempt's task and hand its outcome to the jobctl
+    worker that claimed the row (handoff.py); under any other RQ worker, claim and record here."""
+    attendant = _Attendant()
     try:
-        return _run_claimed(job_id, attempt, heartbeat)
+        return _run_claimed(job_id, attempt, attendant)
     finally:
-        heartbeat.stop()
+        attendant.stop()
 
 
-def _run_claimed(job_id: int, attempt: int, heartbeat: _Heartbeat) -> Any:
-    global _reporter
+def _run_claimed(job_id: int, attempt: int, attendant: _Attendant) -> Any:
     from rq import get_current_job
 
-    from . import queue, store
-    from .models import JobStatus
-    from .tasks import get_task, load_task_modules
+    from . import lifecycle, queue
 
     settings = get_settings()
     rq_job = get_current_job()
-    worker_name = getattr(rq_job, "worker_name", None) or os.environ.get("RQ_WORKER_ID")
-    job = store.claim(job_id, attempt, worker_name)
+    in_horse = rq_job is not None and os.environ.get("RQ_JOB_ID") == rq_job.id
+    handoff = take(job_id, attempt)
+    if handoff is not None:
+        job = handoff.job  # the worker claimed the row before it ran this
+    else:
+        worker_name = getattr(rq_job, "worker_name", None) or os.environ.get("RQ_WORKER_ID")
+        job = lifecycle.claim(job_id, attempt, worker_name)
     if job is None:
         log.info("job %s attempt %s is no longer pending; not running it", job_id, attempt)
         return None
-    heartbeat.start(queue.rq_job_id(job_id, attempt), settings.lost_after)
+    # A jobctl worker's own heartbeat names the job it runs; a work-horse, which can outlive its
+    # worker, keeps one of its own.
+    beats = in_horse or not worker_heartbeat_names_job
+    attendant.begin(queue.rq_job_id(job_id, attempt), settings.lost_after, beats=beats)
 
+    outcome, exc = _run_task(job, attempt, rq_job, in_horse, attendant)
+    if handoff is None or not handoff.send(outcome):
+        record(job, attempt, outcome)
+    if exc is None:
+        return outcome.result
+    raise exc
+
+
+def _run_task(
+    job: Job, attempt: int, rq_job: Any, in_horse: bool, attendant: _Attendant
+) -> tuple[Outcome, BaseException | None]:
+    """Run the claimed attempt's task: how it ended, and the exception to end the RQ job with."""
+    global _reporter
+    from . import queue
+    from .tasks import get_task, load_task_modules
+
+    settings = get_settings()
+    job_id = job.id
+    assert job_id is not None
     load_task_modules(settings.task_modules)
     spec = get_task(job.task)
     if spec is None:
-        store.finish(job_id, attempt, JobStatus.FAILED, error=f"unknown task {job.task!r}: not registered")
-        raise LookupError(f"unknown task {job.task!r}")
+        error = f"unknown task {job.task!r}: not registered"
+        return Outcome(FAILED, error=error), LookupError(f"unknown task {job.task!r}")
 
     reporter = _Reporter(rq_job, settings.progress_interval)
     in_main = threading.current_thread() is threading.main_thread()
-    in_horse = rq_job is not None and os.environ.get("RQ_JOB_ID") == rq_job.id
-    watcher = None
     previous_handler = None
+    # A work-horse is stopped with SIGTERM; a worker running jobs in its own process keeps SIGTERM
+    # for its warm shutdown.
+    cancel_signal = signal.SIGTERM if in_horse else CANCEL_SIGNAL_IN_PROCESS
     if rq_job is not None and in_main:
-        previous_handler = signal.signal(signal.SIGTERM, _raise_cancelled)
-        watcher = _CancelWatcher(rq_job.connection, rq_job.id, settings.cancel_grace, in_horse)
-        watcher.start()
+        previous_handler = signal.signal(cancel_signal, _raise_cancelled)
+        attendant.watch_cancel(rq_job.connection, rq_job.id, settings.cancel_grace, in_horse, cancel_signal)
     from . import timeouts
     from .reconcile import settle_attempt
 
@@ -225,82 +291,52 @@ def _run_claimed(job_id: int, attempt: int, heartbeat: _Heartbeat) -> Any:
         in_horse=in_horse,
         on_hard=lambda: settle_attempt(queue.rq_job_id(job_id, attempt), timeouts.hard_timeout_error(hard)),
     ).start()
+    attendant.keep_deadlines(deadlines)
+    attendant.start()
     _reporter = reporter
     from .logs import start_capture
 
-    capture = start_capture(job_id, attempt, queue.rq_job_id(job_id, attempt)) if in_main else None
-    outcome: BaseException | None = None
+    capture = start_capture(job_id, queue.rq_job_id(job_id, attempt)) if in_main else None
+    failure: BaseException | None = None
     result: Any = None
     try:
         result = spec.func(**job.args)
         json.dumps(result)
     except BaseException as exc:
-        outcome = exc
+        failure = exc
     finally:
         deadlines.stop()
-        if watcher is not None:
-            watcher.done.set()
+        attendant.task_ended()
         if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
+            signal.signal(cancel_signal, previous_handler)
         _reporter = None
         reporter.flush()
-        if capture is not None:
-            capture.stop()
-    final_progress = reporter.latest
+        tail = capture.stop() if capture is not None else None
+    progress = reporter.latest
 
-    if outcome is None:
-        _durably(store.finish, job_id, attempt, JobStatus.COMPLETED, result=result, progress=final_progress)
-        _release_dependents(job_id)
-        return result
-    if isinstance(outcome, JobCancelled) or (watcher is not None and watcher.cancelled):
+    if failure is None:
+        return Outcome(COMPLETED, result=result, progress=progress, log=tail), None
+    if isinstance(failure, JobCancelled) or attendant.cancelled:
         # The row was marked cancelled before the signal was sent; nothing to record.
-        raise JobCancelled(f"job {job_id} was cancelled")
-    error = timeouts.error_text(outcome, hard) or describe_error(outcome)
-    if isinstance(outcome, TypeError) and "JSON serializable" in str(outcome):
-        error = f"result is not JSON: {outcome}"
+        return Outcome(CANCELLED, log=tail), JobCancelled(f"job {job_id} was cancelled")
+    error = timeouts.error_text(failure, hard) or describe_error(failure)
+    if isinstance(failure, TypeError) and "JSON serializable" in str(failure):
+        error = f"result is not JSON: {failure}"
     from .backoff import plan_retry
 
-    plan = plan_retry(job, attempt, outcome)
+    plan = plan_retry(job, attempt, failure)
     if plan is not None:
-        next_id = queue.rq_job_id(job_id, attempt + 1)
-        requeued = _durably(
-            store.requeue_after_failure,
-            job_id,
-            attempt,
-            error=error,
-            progress=final_progress,
-            task_id=next_id,
-            scheduled_for=plan.due,
-        )
-        if requeued is None:
-            raise outcome  # not recorded: the reconciler retries or fails it from RQ's failure
-        if requeued:
-            job.attempts = attempt
-            job.scheduled_for = plan.due
-            queue.enqueue([job])
-            raise outcome
-    _durably(store.finish, job_id, attempt, JobStatus.FAILED, error=error, progress=final_progress)
-    _release_dependents(job_id)
-    raise outcome
-
-
-def _release_dependents(job_id: int) -> None:
-    """Start or cancel the jobs waiting for this one (best effort: workers sweep for any missed)."""
-    from . import dependencies
-
-    try:
-        dependencies.after_end([job_id], own_waits=False)  # it ran: it was not waiting
-    except Exception as exc:
-        log.warning("job %s: could not resolve the jobs waiting for it (%s)", job_id, exc)
+        return Outcome(RETRY, error=error, progress=progress, retry_due=plan.due, log=tail), failure
+    return Outcome(FAILED, error=error, progress=progress, log=tail), failure
 
 
 def fail_attempt(task_id: str, reason: str) -> bool:
     """Mark the row behind an RQ job failed when its process died without finishing it."""
-    from . import queue, store
+    from . import lifecycle, queue
     from .models import JobStatus
 
     parsed = queue.parse_rq_job_id(task_id)
     if parsed is None:
         return False
     job_id, attempt = parsed
-    return store.finish(job_id, attempt, JobStatus.FAILED, error=reason)
+    return lifecycle.finish(job_id, attempt, JobStatus.FAILED, error=reason)

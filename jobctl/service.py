@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
-from collections.abc import Iterable, Mapping, Sequence
+import re
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import options, queue, shell, store
-from .config import get_settings, mask_url
+# Only what `list`, `show` and `cancel` need is imported here: submitting imports options, shell and
+# tasks (pydantic validators for every built-in task) in the functions that use them.
+from . import listing, queue, store
+from .config import get_settings
 from .errors import BackendError, NotFoundError, RefusedError, UsageError
-from .models import Job, JobStatus
-from .tasks import all_tasks, load_task_modules, require_task, validate_args
+from .models import ACTIVE, Job, JobStatus
 
 MAX_ID = 2**63 - 1
 MAX_NAME = 10_000
+# `list --offset`: deeper pages cost a walk over every skipped row; `--before ID` pages at any depth.
+MAX_OFFSET = 10_000
+_SPACE = re.compile(r"\s")
+_STRICT_JSON = json.JSONEncoder(allow_nan=False)
 
 
 @dataclass
@@ -42,6 +47,7 @@ class JobRequest:
     at_front: bool = False
     unique_key: str | None = None
     control: dict[str, Any] = field(default_factory=dict)
+    checked: bool = field(default=False, repr=False)  # by _check_request: bulk lines are not checked twice
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:
@@ -65,6 +71,11 @@ def parse_assignments(items: Iterable[str]) -> dict[str, Any]:
 
 
 def _check_request(req: JobRequest) -> JobRequest:
+    if req.checked:
+        return req
+    from . import options, shell
+    from .tasks import require_task, validate_args
+
     settings = get_settings()
     if not isinstance(req.name, str) or not req.name.strip():
         raise UsageError("the job name must not be empty")
@@ -78,32 +89,55 @@ def _check_request(req: JobRequest) -> JobRequest:
     if not 0 <= req.retries <= 100:
         raise UsageError(f"retries must be between 0 and 100, got {req.retries}")
     req.queue = req.queue or settings.default_queue
-    if not req.queue or len(req.queue) > 255 or any(c.isspace() for c in req.queue):
+    if not req.queue or len(req.queue) > 255 or _SPACE.search(req.queue):
         raise UsageError(f"invalid queue name {req.queue!r}")
     if not isinstance(req.args, dict):
         raise UsageError("task arguments must be a JSON object")
     try:
-        json.dumps(req.args, allow_nan=False)
+        _STRICT_JSON.encode(req.args)
     except ValueError as exc:
         raise UsageError(f"task arguments are not valid JSON ({exc})") from None
     validate_args(require_task(req.task), req.args)
     if req.task == shell.SHELL_TASK:
         req.queue = shell.check_request(req.args, req.queue)  # only --allow-shell workers serve it
+    req.checked = True
     return req
 
 
 def validate_request(req: JobRequest) -> JobRequest:
     """Check one request as `submit` would (task, arguments, options) without storing anything."""
+    from .tasks import load_task_modules
+
     load_task_modules(get_settings().task_modules)
     return _check_request(req)
 
 
 def submit_jobs(requests: Sequence[JobRequest]) -> list[Job]:
     """Validate every request, store the rows in one transaction, then enqueue them pipelined."""
+    rows, blocked = _submit(requests)
+    jobs = [store.job_from_values(values) for values in rows]
+    if blocked:  # resolving may have released or cancelled some of them
+        now = store.get_jobs(blocked)
+        jobs = [now.get(j.id or 0, j) for j in jobs]
+    return jobs
+
+
+def submit_ids(requests: Sequence[JobRequest]) -> list[int]:
+    """`submit_jobs` returning only the new ids: no job objects are built (`submit --from`)."""
+    rows, _blocked = _submit(requests)
+    return [values["id"] for values in rows]
+
+
+def _submit(requests: Sequence[JobRequest]) -> tuple[list[dict[str, Any]], list[int]]:
+    """Check, store and enqueue; the stored values of the new rows and the ids of those blocked."""
+    from . import options
+    from .attempts import Attempt
+    from .tasks import load_task_modules
+
     load_task_modules(get_settings().task_modules)
     checked = [_check_request(r) for r in requests]
     if not checked:
-        return []
+        return [], []
     rows = [
         {
             "name": r.name,
@@ -117,70 +151,21 @@ def submit_jobs(requests: Sequence[JobRequest]) -> list[Job]:
         }
         for r in checked
     ]
-    jobs = options.insert_jobs(rows)
+    stored = options.insert_jobs(rows)
     try:
-        queue.enqueue([j for j in jobs if not j.blocked])
+        queue.enqueue([Attempt.first_of(values) for values in stored if not values["blocked"]])
     except BackendError as exc:
-        ids = [j.id for j in jobs if j.id is not None]
+        ids = [values["id"] for values in stored]
         # If the database is down too, the reconciler enqueues pending rows that have no queue entry.
         with contextlib.suppress(BackendError):
             store.fail_unqueued(ids, f"could not be queued: {exc}")
         raise
-    blocked = [j.id for j in jobs if j.blocked and j.id is not None]
+    blocked = [values["id"] for values in stored if values["blocked"]]
     if blocked:  # dependencies that already ended release (or cancel) their new dependents now
         from .dependencies import resolve
 
         resolve(blocked)
-        now = store.get_jobs(blocked)
-        jobs = [now.get(j.id or 0, j) for j in jobs]
-    return jobs
-
-
-def parse_job_lines(lines: Iterable[str], defaults: JobRequest) -> list[JobRequest]:
-    """JSON Lines for `submit --from`: each line a job, any field of `defaults` overridable."""
-    requests: list[JobRequest] = []
-    allowed = {"name", "task", "args", "description", "queue", "timeout", "retries", *options.LINE_FIELDS}
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line)
-        except ValueError as exc:
-            raise UsageError(f"line {number}: not valid JSON ({exc})") from None
-        if not isinstance(data, dict):
-            raise UsageError(f"line {number}: expected a JSON object")
-        unknown = set(data) - allowed
-        if unknown:
-            raise UsageError(f"line {number}: unknown field {sorted(unknown)[0]!r}")
-        if "name" not in data:
-            raise UsageError(f'line {number}: missing "name"')
-        for key, kind in (("name", str), ("task", str), ("description", str), ("queue", str)):
-            if key in data and not isinstance(data[key], kind):
-                raise UsageError(f"line {number}: {key!r} must be a string")
-        for key in ("retries",):
-            if key in data and (isinstance(data[key], bool) or not isinstance(data[key], int | None)):
-                raise UsageError(f"line {number}: {key!r} must be an integer")
-        if "args" in data and not isinstance(data["args"], dict):
-            raise UsageError(f'line {number}: "args" must be a JSON object')
-        req = JobRequest(
-            name=data["name"],
-            task=data.get("task", defaults.task),
-            args=data.get("args", dict(defaults.args)),
-            description=data.get("description", defaults.description),
-            queue=data.get("queue", defaults.queue),
-            timeout=data.get("timeout", defaults.timeout),
-            retries=data.get("retries", defaults.retries),
-            **options.from_line(data, defaults, number),
-        )
-        try:
-            load_task_modules(get_settings().task_modules)
-            _check_request(req)
-        except UsageError as exc:
-            raise UsageError(f"line {number}: {exc}") from None
-        requests.append(req)
-    if not requests:
-        raise UsageError("no jobs to submit: the input is empty")
-    return requests
+    return stored, blocked
 
 
 def check_id(job_id: int) -> int:
@@ -220,9 +205,10 @@ class JobView:
         return out
 
 
-def with_live_state(jobs: Sequence[Job]) -> list[JobView]:
-    """Attach live progress to active jobs with one pipelined Redis read (none when nothing is active)."""
-    active = [j for j in jobs if not store.is_terminal(j.status)]
+def with_live_state(jobs: Sequence[Job], only: Collection[JobStatus] = ACTIVE) -> list[JobView]:
+    """Attach what Redis knows to the jobs in the `only` statuses, in one pipelined read (none if none)."""
+    wanted = {s.value for s in only}
+    active = [j for j in jobs if j.status in wanted]
     live: dict[int, queue.LiveState] = {}
     if active:
         try:
@@ -242,8 +228,10 @@ def list_jobs(
     since: str | None = None,
     name: str | None = None,
     sort: str | None = None,
+    before: int | None = None,
 ) -> list[JobView]:
-    """Jobs matching the filters, newest first (or by `sort`), with live progress for active ones."""
+    """Jobs matching the filters, newest first (or by `sort`), with live progress for active ones;
+    with `before`, only jobs with a lower id (the next page after one that ends at that id)."""
     from .ops import list_filters
 
     filters = list_filters(since=since, name=name, sort=sort)
@@ -255,12 +243,21 @@ def list_jobs(
             )
     if not 1 <= limit <= 1000:
         raise UsageError(f"--limit must be between 1 and 1000, got {limit}")
-    if not 0 <= offset <= MAX_ID:
+    if offset < 0:
         raise UsageError(f"--offset must be 0 or more, got {offset}")
-    jobs = store.list_jobs(
-        statuses=statuses, task=task, queue=queue_name, limit=limit, offset=offset, **filters
+    if offset > MAX_OFFSET:
+        raise UsageError(
+            f"--offset must be at most {MAX_OFFSET}, got {offset} (to page further, use --before ID "
+            "with the last id shown)"
+        )
+    if before is not None and not 1 <= before <= MAX_ID:
+        raise UsageError(f"--before must be a job id (1 or more), got {before}")
+    jobs = listing.list_jobs(
+        statuses=statuses, task=task, queue=queue_name, limit=limit, offset=offset, before=before, **filters
     )
-    return with_live_state(jobs)
+    # A list shows live progress, and only a running job has any: a page of pending and ended jobs
+    # needs no Redis at all (`show` reads a pending job's queue state too).
+    return with_live_state(jobs, only=(JobStatus.PROCESSING,))
 
 
 def show_job(job_id: int) -> JobView:
@@ -314,6 +311,8 @@ def cancel_job(job_id: int) -> Outcome:
 
 def retry_job(job_id: int) -> Outcome:
     """Put a failed or cancelled job back on its queue for another attempt."""
+    from . import options
+
     try:
         check_id(job_id)
     except NotFoundError as exc:
@@ -340,119 +339,6 @@ def worst_exit(outcomes: Sequence[Outcome]) -> int:
     """The exit code for several outcomes: the worst one."""
     order = {0: 0, 1: 1, 3: 2, 2: 3, 4: 4}
     return max((o.exit_code for o in outcomes), key=lambda c: order.get(c, 5), default=0)
-
-
-@dataclass
-class Check:
-    """One line of `jobctl health`."""
-
-    name: str
-    ok: bool
-    detail: str
-    seconds: float
-
-
-def _timed(name: str, fn: Any) -> Check:
-    started = time.monotonic()
-    try:
-        detail = fn()
-        return Check(name, True, detail, time.monotonic() - started)
-    except Exception as exc:
-        return Check(name, False, str(exc), time.monotonic() - started)
-
-
-def health(timeout: float = 10.0) -> list[Check]:
-    """Check the database and Redis, reconcile them, and make a round trip through a worker."""
-    settings = get_settings()
-
-    def database() -> str:
-        store.ping()
-        return mask_url(settings.resolved_database_url())
-
-    def redis() -> str:
-        queue.ping()
-        return mask_url(queue.redis_url())
-
-    def worker() -> str:
-        workers = queue.list_workers()
-        if not workers:
-            raise RefusedError("no worker is running: start one with `jobctl worker`")
-        (job,) = submit_jobs([JobRequest(name="health check", task="health_check")])
-        assert job.id is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            row = store.get_job(job.id)
-            if row is not None and store.is_terminal(row.status):
-                if row.status == JobStatus.COMPLETED.value:
-                    return f"job {job.id} completed by {row.worker}"
-                raise RefusedError(f"job {job.id} {row.status}: {(row.error or '').splitlines()[0:1]}")
-            time.sleep(0.05)
-        cancel_job(job.id)
-        raise RefusedError(f"no worker finished job {job.id} within {timeout:g}s")
-
-    def reconcile() -> str:
-        from .reconcile import run_pass
-
-        return run_pass().summary()
-
-    checks = [_timed("database", database), _timed("redis", redis)]
-    if all(c.ok for c in checks):
-        checks.append(_timed("reconcile", reconcile))
-        checks.append(_timed("worker", worker))
-    else:
-        checks.append(Check("reconcile", False, "skipped: a backend is down", 0.0))
-        checks.append(Check("worker", False, "skipped: a backend is down", 0.0))
-    return checks
-
-
-def task_list() -> list[Any]:
-    """The registered tasks, loading JOBCTL_TASKS first."""
-    load_task_modules(get_settings().task_modules)
-    return list(all_tasks().values())
-
-
-def effective_config() -> list[tuple[str, str]]:
-    """Every setting with its effective value, secrets masked, and each backend's mode."""
-    s = get_settings()
-    rows = [
-        ("database", mask_url(s.resolved_database_url())),
-        ("database mode", "embedded (SQLite in the data directory)" if s.database_is_embedded else "server"),
-        *_redis_config(),
-        ("data dir", str(s.data_dir.expanduser().resolve())),
-        ("JOBCTL_TASKS", s.tasks or "(none)"),
-        ("JOBCTL_DEFAULT_QUEUE", s.default_queue),
-        ("JOBCTL_JOB_TIMEOUT", f"{s.job_timeout} s"),
-        ("JOBCTL_SOFT_TIMEOUT", f"{s.soft_timeout} s" if s.soft_timeout else "off"),
-        ("JOBCTL_RESULT_TTL", f"{s.result_ttl} s"),
-        ("JOBCTL_WORKER_MAX_JOBS", str(s.worker_max_jobs)),
-        ("JOBCTL_LOG_MAX_BYTES", f"{s.log_max_bytes} bytes per attempt" if s.log_max_bytes else "off"),
-        ("JOBCTL_CANCEL_GRACE", f"{s.cancel_grace:g} s"),
-        ("JOBCTL_PROGRESS_INTERVAL", f"{s.progress_interval:g} s"),
-        ("JOBCTL_RECONCILE_INTERVAL", f"{s.reconcile_interval:g} s"),
-    ]
-    if s.postgres_password:
-        rows.append(("POSTGRES_PASSWORD", "***"))
-    if s.redis_password:
-        rows.append(("REDIS_PASSWORD", "***"))
-    return rows
-
-
-def _redis_config() -> list[tuple[str, str]]:
-    """Where Redis is, and for the embedded server whether it runs and which binary it uses."""
-    s = get_settings()
-    url = s.resolved_redis_url()
-    if url is not None:
-        return [("redis", mask_url(url)), ("redis mode", "server")]
-    from .embedded import INSTALL_HINT, layout, status
-
-    found = status(s.data_dir)
-    state = f"running (pid {found.pid})" if found.pid else "not running (starts on first use)"
-    return [
-        ("redis", layout(s.data_dir).url),
-        ("redis mode", f"embedded redis-server on a unix socket, {state}"),
-        ("redis data", str(found.work)),
-        ("redis binary", found.binary or f"none found: {INSTALL_HINT}"),
-    ]
 
 
 def merged_args(base: Mapping[str, Any], items: Iterable[str]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from . import store
+from . import listing, store
 from .durations import parse_duration, parse_since
 from .errors import BackendError, UsageError
 from .models import JobStatus, UTCDateTime
@@ -115,7 +115,7 @@ def collect(since: str = "24h", now: datetime | None = None) -> Stats:
 
 def _throughput(conn: Any, dialect: str, start: datetime, size: int, count: int) -> Throughput:
     job = store.JOB
-    offset = store.seconds_between(sa.literal(start, UTCDateTime()), job.c.completed_at, dialect) / size
+    offset = listing.seconds_between(sa.literal(start, UTCDateTime()), job.c.completed_at, dialect) / size
     index = sa.cast(offset, sa.Integer) if dialect == "sqlite" else sa.func.floor(offset)
     rows = conn.execute(
         sa.select(index.label("bucket"), job.c.status, sa.func.count())
@@ -131,7 +131,7 @@ def _throughput(conn: Any, dialect: str, start: datetime, size: int, count: int)
 
 def _durations(conn: Any, dialect: str, start: datetime) -> list[TaskDurations]:
     job = store.JOB
-    seconds = store.seconds_between(job.c.started_at, job.c.completed_at, dialect)
+    seconds = listing.seconds_between(job.c.started_at, job.c.completed_at, dialect)
     ranked = (
         sa.select(
             job.c.task,

@@ -7,7 +7,7 @@ import functools
 import os
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, NamedTuple, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
@@ -15,15 +15,15 @@ from sqlalchemy.engine import Connection, Engine
 
 from .config import get_settings, mask_url
 from .errors import BackendError
+from .inserts import insert_values
 from .models import ACTIVE, TERMINAL, Job, JobStatus, utcnow
-
-HEAD_REVISION = "0003"
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 _engines: dict[tuple[int, str], Engine] = {}
 _schema_checked: set[str] = set()
+_inherited_pools: list[Any] = []  # a forked process's copies of its parent's pools, kept unused
 JOB = Job.__table__  # type: ignore[attr-defined]
 
 
@@ -104,7 +104,11 @@ def get_engine() -> Engine:
     if engine is None:
         for (pid, other_url), inherited in list(_engines.items()):
             if pid != os.getpid():
-                # After a fork: a fresh pool, but the parent's compiled statements are kept.
+                # After a fork: a fresh pool, but the parent's compiled statements are kept. The
+                # parent's connections stay referenced, never closed here: closing a copy of an
+                # SQLite connection can undo what another process committed to the WAL, and closing
+                # a PostgreSQL one ends the parent's session.
+                _inherited_pools.append(inherited.pool)
                 inherited.dispose(close=False)
                 del _engines[(pid, other_url)]
                 if other_url == url:
@@ -112,27 +116,20 @@ def get_engine() -> Engine:
         if engine is None:
             engine = make_engine(url)
         if url not in _schema_checked:  # a forked work-horse trusts its parent's check
-            _ensure_schema(engine, url)
+            from .schema import ensure_schema
+
+            ensure_schema(engine, url)
             _schema_checked.add(url)
         _engines[key] = engine
     return engine
 
 
-def warm_up() -> None:
-    """Compile what a job's process runs and build the row validator, before a worker forks."""
-    claim(0, 1, None)
-    finish(0, 1, JobStatus.COMPLETED, result=None)
-    now = utcnow()
-    _row_to_job_dict(Job(name="", task="", queue="", created_at=now, updated_at=now).model_dump())
-
-
 def close_idle_connections() -> None:
-    """Close this process's pooled connections that are not in use.
-
-    A worker calls this before it forks: SQLite connections must not be open across a fork.
-    """
+    """Close this process's pooled connections that are not in use (a worker pool, before it forks
+    its workers, which would only carry them unused)."""
     for (pid, _url), engine in list(_engines.items()):
-        if pid == os.getpid():
+        pool: Any = engine.pool
+        if pid == os.getpid() and (not hasattr(pool, "checkedin") or pool.checkedin()):
             engine.dispose()
 
 
@@ -144,65 +141,6 @@ def reset_engines() -> None:
     _schema_checked.clear()
 
 
-def _ensure_schema(engine: Engine, url: str) -> None:
-    try:
-        revision = current_revision(engine)
-    except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
-        raise backend_error(url, exc) from None
-    if revision == HEAD_REVISION:
-        return
-    if engine.dialect.name == "sqlite":
-        upgrade_schema(engine)
-        return
-    raise BackendError(
-        f"the database at {mask_url(url)} has schema {revision or 'none'}, expected {HEAD_REVISION}: "
-        "run `jobctl db upgrade`"
-    )
-
-
-def current_revision(engine: Engine) -> str | None:
-    """The Alembic revision the database is at, or None for an empty database."""
-    with engine.connect() as conn:
-        if not sa.inspect(conn).has_table("alembic_version"):
-            return None
-        return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
-
-
-def upgrade_schema(engine: Engine | None = None) -> str:
-    """Apply every Alembic migration; returns the revision reached."""
-    from alembic import command
-    from alembic.config import Config
-
-    url = get_settings().resolved_database_url()
-    engine = engine or make_engine(url)
-    cfg = Config()
-    cfg.set_main_option("script_location", "jobctl:migrations")
-    try:
-        with _schema_lock(engine), engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
-    except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
-        raise backend_error(url, exc) from None
-    return current_revision(engine) or ""
-
-
-@contextlib.contextmanager
-def _schema_lock(engine: Engine) -> Iterator[None]:
-    """Serialise migrations between processes sharing one SQLite file."""
-    database = engine.url.database
-    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
-        yield
-        return
-    import fcntl
-
-    with open(database + ".lock", "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 @contextlib.contextmanager
 def begin() -> Iterator[Connection]:
     """A connection in a transaction, committed on success."""
@@ -212,23 +150,16 @@ def begin() -> Iterator[Connection]:
             yield conn
 
 
-def _row_to_job(row: sa.Row[Any]) -> Job:
-    return _row_to_job_dict(dict(row._mapping))
+def row_to_job(row: sa.Row[Any]) -> Job:
+    return job_from_values(dict(row._mapping))
 
 
-def _row_to_job_dict(values: dict[str, Any]) -> Job:
+def job_from_values(values: dict[str, Any]) -> Job:
+    """A Job from a row's column values (validated: about 100 µs a row, so bulk paths avoid it)."""
     return Job.model_validate(values)
 
 
 # ---------------------------------------------------------------- writes
-
-
-def _attempt_errors(conn: Connection, job_id: int, attempt: int, error: str) -> list[dict[str, Any]]:
-    """The row's attempt errors with `attempt`'s added (read in the writing transaction)."""
-    from .backoff import with_error
-
-    existing = conn.execute(sa.select(JOB.c.attempt_errors).where(JOB.c.id == job_id)).scalar()
-    return with_error(existing, attempt, error)
 
 
 @guarded
@@ -242,100 +173,7 @@ def insert_rows(
     conn: Connection, rows: Sequence[dict[str, Any]], queue_id: Callable[[int], str]
 ) -> list[Job]:
     """Insert pending rows within the caller's transaction (see insert_jobs)."""
-    now = utcnow()
-    values = [
-        {**row, "status": JobStatus.PENDING.value, "attempts": 0, "created_at": now, "updated_at": now}
-        for row in rows
-    ]
-    result = conn.execute(sa.insert(JOB).returning(JOB.c.id, sort_by_parameter_order=True), values)
-    ids = [r[0] for r in result]
-    conn.execute(
-        sa.update(JOB).where(JOB.c.id == sa.bindparam("b_id")).values(task_id=sa.bindparam("b_task_id")),
-        [{"b_id": i, "b_task_id": queue_id(i)} for i in ids],
-    )
-    return [
-        Job.model_validate({**v, "id": i, "task_id": queue_id(i)}) for v, i in zip(values, ids, strict=True)
-    ]
-
-
-@guarded
-def claim(job_id: int, attempt: int, worker: str | None) -> Job | None:
-    """Move a pending row to processing for `attempt`; None when the row is no longer pending for it."""
-    now = utcnow()
-    with begin() as conn:
-        row = conn.execute(
-            sa.update(JOB)
-            .where(JOB.c.id == job_id, JOB.c.status == JobStatus.PENDING.value, JOB.c.attempts == attempt - 1)
-            .values(
-                status=JobStatus.PROCESSING.value,
-                attempts=attempt,
-                worker=worker,
-                started_at=now,
-                updated_at=now,
-                completed_at=None,
-                progress=None,
-            )
-            .returning(*JOB.c)
-        ).first()
-    return _row_to_job(row) if row is not None else None
-
-
-@guarded
-def finish(
-    job_id: int,
-    attempt: int,
-    status: JobStatus,
-    *,
-    result: Any = None,
-    error: str | None = None,
-    progress: dict[str, Any] | None = None,
-) -> bool:
-    """Record the outcome of `attempt`; False if the row moved on (terminal states are sticky)."""
-    now = utcnow()
-    values: dict[str, Any] = {"status": status.value, "updated_at": now, "completed_at": now}
-    values.update(result=result, error=error)
-    if progress is not None:
-        values["progress"] = progress
-    with begin() as conn:
-        if error is not None and status is JobStatus.FAILED:
-            values["attempt_errors"] = _attempt_errors(conn, job_id, attempt, error)
-        done = conn.execute(
-            sa.update(JOB)
-            .where(JOB.c.id == job_id, JOB.c.attempts == attempt, JOB.c.status == JobStatus.PROCESSING.value)
-            .values(**values)
-        )
-    return done.rowcount == 1
-
-
-@guarded
-def requeue_after_failure(
-    job_id: int,
-    attempt: int,
-    *,
-    error: str,
-    progress: dict[str, Any] | None,
-    task_id: str,
-    scheduled_for: datetime | None = None,
-) -> bool:
-    """Return a failed attempt to pending for its next try (due at `scheduled_for`, or at once);
-    False if the row moved on."""
-    values: dict[str, Any] = {
-        "status": JobStatus.PENDING.value,
-        "error": error,
-        "task_id": task_id,
-        "updated_at": utcnow(),
-        "scheduled_for": scheduled_for,
-    }
-    if progress is not None:
-        values["progress"] = progress
-    with begin() as conn:
-        values["attempt_errors"] = _attempt_errors(conn, job_id, attempt, error)
-        done = conn.execute(
-            sa.update(JOB)
-            .where(JOB.c.id == job_id, JOB.c.attempts == attempt, JOB.c.status == JobStatus.PROCESSING.value)
-            .values(**values)
-        )
-    return done.rowcount == 1
+    return [job_from_values(values) for values in insert_values(conn, rows, queue_id)]
 
 
 @guarded
@@ -356,8 +194,8 @@ def cancel(job_id: int) -> tuple[JobStatus | None, Job | None]:
         ).first()
         if row is None:
             current = conn.execute(sa.select(JOB).where(JOB.c.id == job_id)).first()
-            return JobStatus(before), _row_to_job(current) if current else None
-    return JobStatus(before), _row_to_job(row)
+            return JobStatus(before), row_to_job(current) if current else None
+    return JobStatus(before), row_to_job(row)
 
 
 @guarded
@@ -368,7 +206,7 @@ def reopen(job_id: int, queue_id: Callable[[int, int], str]) -> tuple[bool, Job 
         current = conn.execute(sa.select(JOB).where(JOB.c.id == job_id)).first()
         if current is None:
             return False, None
-        job = _row_to_job(current)
+        job = row_to_job(current)
         if job.status not in (JobStatus.FAILED.value, JobStatus.CANCELLED.value):
             return False, job
         row = conn.execute(
@@ -389,7 +227,7 @@ def reopen(job_id: int, queue_id: Callable[[int, int], str]) -> tuple[bool, Job 
         ).first()
     if row is None:
         return False, get_job(job_id)
-    return True, _row_to_job(row)
+    return True, row_to_job(row)
 
 
 @guarded
@@ -413,7 +251,7 @@ def get_job(job_id: int) -> Job | None:
     """One row by id."""
     with get_engine().connect() as conn:
         row = conn.execute(sa.select(JOB).where(JOB.c.id == job_id)).first()
-    return _row_to_job(row) if row is not None else None
+    return row_to_job(row) if row is not None else None
 
 
 @guarded
@@ -423,68 +261,30 @@ def get_jobs(job_ids: Sequence[int]) -> dict[int, Job]:
         return {}
     with get_engine().connect() as conn:
         rows = conn.execute(sa.select(JOB).where(JOB.c.id.in_(list(job_ids)))).all()
-    return {r.id: _row_to_job(r) for r in rows}
+    return {r.id: row_to_job(r) for r in rows}
+
+
+class ActiveRow(NamedTuple):
+    """What reconciliation reads of every active row; it loads the whole row only to act on it."""
+
+    id: int
+    status: str
+    attempts: int
+    worker: str | None
+    blocked: bool
+    queue: str
+    priority: str
+    started_at: datetime | None
+    updated_at: datetime
 
 
 @guarded
-def list_jobs(
-    *,
-    statuses: Sequence[str] = (),
-    task: str | None = None,
-    queue: str | None = None,
-    limit: int = 100,
-    offset: int = 0,
-    since: datetime | None = None,
-    name_like: str | None = None,
-    order: Sequence[tuple[str, bool]] = (),
-) -> list[Job]:
-    """Rows matching the filters, newest first unless `order` names (SORT_KEYS key, descending) pairs."""
-    engine = get_engine()
-    query = sa.select(JOB)
-    if statuses:
-        query = query.where(JOB.c.status.in_(list(statuses)))
-    if task:
-        query = query.where(JOB.c.task == task)
-    if queue:
-        query = query.where(JOB.c.queue == queue)
-    if since is not None:
-        query = query.where(JOB.c.created_at >= since)
-    if name_like is not None:
-        query = query.where(JOB.c.name.ilike(name_like, escape="\\"))
-    for key, descending in order:
-        column = _sort_column(key, engine.dialect.name)
-        query = query.order_by(column.desc().nulls_last() if descending else column.asc().nulls_last())
-    query = query.order_by(JOB.c.id.desc()).limit(limit).offset(offset)
-    with engine.connect() as conn:
-        return [_row_to_job(r) for r in conn.execute(query)]
-
-
-SORT_KEYS = (
-    "id",
-    "name",
-    "task",
-    "status",
-    "queue",
-    "attempts",
-    "created",
-    "started",
-    "completed",
-    "updated",
-    "duration",
-)
-
-
-def _sort_column(key: str, dialect: str) -> Any:
-    if key == "duration":
-        return seconds_between(JOB.c.started_at, JOB.c.completed_at, dialect)
-    return JOB.c[f"{key}_at" if key in ("created", "started", "completed", "updated") else key]
-
-
-def seconds_between(start: Any, end: Any, dialect: str) -> Any:
-    """A SQL expression for the seconds from `start` to `end` (NULL when either is NULL)."""
-    if dialect == "sqlite":
-        return (sa.func.julianday(end) - sa.func.julianday(start)) * 86_400.0
-    return sa.extract("epoch", end - start)
+def active_rows() -> list[ActiveRow]:
+    """Every pending or processing row, oldest first, as `ActiveRow`s (no model built per row)."""
+    columns = [JOB.c[name] for name in ActiveRow._fields]
+    query = sa.select(*columns).where(JOB.c.status.in_([s.value for s in ACTIVE])).order_by(JOB.c.id)
+    with get_engine().connect() as conn:
+        return [ActiveRow(*r) for r in conn.execute(query)]
 
 
 @guarded
@@ -494,7 +294,7 @@ def active_jobs(older_than: datetime | None = None) -> list[Job]:
     if older_than is not None:
         query = query.where(JOB.c.updated_at < older_than)
     with get_engine().connect() as conn:
-        return [_row_to_job(r) for r in conn.execute(query.order_by(JOB.c.id))]
+        return [row_to_job(r) for r in conn.execute(query.order_by(JOB.c.id))]
 
 
 @guarded
@@ -521,7 +321,7 @@ def jobs_after(last_id: int, limit: int = 1000) -> list[Job]:
     """Rows with an id above `last_id`, oldest first: how a watcher notices new jobs (primary key scan)."""
     query = sa.select(JOB).where(JOB.c.id > last_id).order_by(JOB.c.id).limit(limit)
     with get_engine().connect() as conn:
-        return [_row_to_job(r) for r in conn.execute(query)]
+        return [row_to_job(r) for r in conn.execute(query)]
 
 
 @guarded

@@ -4,11 +4,9 @@ is gone (RQ itself only retries every 10 minutes)."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger("jobctl.ticker")
@@ -25,34 +23,19 @@ class Ticker(threading.Thread):
         worker: Any,
         burst: bool = False,
         lock: Any = None,
-        after: Callable[[], Any] | None = None,
     ) -> None:
         super().__init__(name="jobctl-ticker", daemon=True)
         self.worker = worker
         self.burst = burst
-        # The worker's fork lock: no work-horse is forked while a round holds a database transaction,
-        # and `after` closes this round's SQLite connections before the next fork.
+        # The worker's fork lock: no work-horse is forked while a round holds a database transaction.
         self.lock = lock if lock is not None else threading.Lock()
-        self.after = after
         self.stopped = threading.Event()
         self.next_sweep = time.monotonic() + SWEEP_EVERY
 
     def run(self) -> None:
         while not self.stopped.wait(TICK):
             with self.lock:
-                try:
-                    self.tick()
-                finally:
-                    self._close_sqlite()
-
-    def _close_sqlite(self) -> None:
-        if self.after is None:
-            return
-        from . import store
-
-        with contextlib.suppress(Exception):
-            if store.get_engine().dialect.name == "sqlite":
-                self.after()
+                self.tick()
 
     def tick(self) -> None:
         """One round: schedules every tick; dependency sweep and scheduler check every few seconds."""

@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -30,7 +31,10 @@ def effective_soft(soft: int | None, default_soft: int | None, hard: int) -> int
 
 class Deadlines:
     """Raises SoftTimeout in the task at `soft` seconds; at `hard + grace` calls `on_hard` (which
-    records the failure) and kills the work-horse, for tasks that swallowed RQ's timeout exception."""
+    records the failure) and kills the work-horse, for tasks that swallowed RQ's timeout exception.
+
+    It has no thread of its own: the thread attending the task (runtime's attendant) asks it how long
+    until the next limit (`next_due`) and lets it act when one passes (`poll`)."""
 
     def __init__(
         self,
@@ -45,51 +49,60 @@ class Deadlines:
         self.soft = soft if in_main else None  # a signal handler can only be set in the main thread
         self.hard = hard
         self.grace = grace
-        self.in_horse = in_horse
+        self.in_horse = in_horse  # only a work-horse is killed at the hard limit
         self.on_hard = on_hard
-        self.done = threading.Event()
+        self.done = False
         self.fired_soft = False
+        self.fired_hard = False
+        self.started = 0.0
+        self._lock = threading.Lock()
         self._previous: Any = None
-        self._thread = threading.Thread(target=self._run, name="jobctl-deadlines", daemon=True)
 
     def start(self) -> Deadlines:
-        """Arm the limits (a no-op outside a work-horse without a soft limit)."""
+        """Arm the limits."""
         if self.soft is not None:
             self._previous = signal.signal(SOFT_SIGNAL, self._raise_soft)
-        if self.soft is not None or self.in_horse:
-            self._thread.start()
+        self.started = time.monotonic()
         return self
 
-    def stop(self) -> None:
-        """Disarm: the task returned or raised."""
-        self.done.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            # A soft signal already sent is handled (and ignored, as done is set) before the
-            # handler is put back: the default action of SIGUSR1 would end the process.
-            self._thread.join()
-        if self._previous is not None:
-            signal.signal(SOFT_SIGNAL, self._previous)
-            self._previous = None
+    def next_due(self) -> float | None:
+        """Seconds until the next limit passes (0 if one has); None when no limit is left."""
+        if self.done or not self.started:
+            return None
+        now = time.monotonic()
+        if self.soft is not None and not self.fired_soft:
+            return max(0.0, self.started + self.soft - now)
+        if self.in_horse and not self.fired_hard:
+            return max(0.0, self.started + self.hard + self.grace - now)
+        return None
 
-    def _raise_soft(self, signum: int, frame: Any) -> None:
-        if not self.done.is_set():
-            raise SoftTimeout(f"soft time limit of {self.soft} s exceeded")
-
-    def _run(self) -> None:
-        if self.soft is not None:
-            if self.done.wait(self.soft):
+    def poll(self) -> None:
+        """Act on a limit that has passed: signal the soft one, or record and kill at the hard one."""
+        with self._lock:
+            if self.done or self.next_due() != 0.0:
                 return
-            self.fired_soft = True
-            os.kill(os.getpid(), SOFT_SIGNAL)
-        if not self.in_horse:
-            return
-        if self.done.wait(max(0.0, self.hard - (self.soft or 0)) + self.grace):
-            return
+            if self.soft is not None and not self.fired_soft:
+                self.fired_soft = True
+                os.kill(os.getpid(), SOFT_SIGNAL)
+                return
+            self.fired_hard = True
         log.warning("the task ignored its hard time limit of %s s; killing its process", self.hard)
         try:
             self.on_hard()
         finally:
             os.kill(os.getpid(), signal.SIGKILL)
+
+    def stop(self) -> None:
+        """Disarm: the task returned or raised."""
+        with self._lock:  # no soft signal is sent after this; one sent before is ignored (done)
+            self.done = True
+        if self._previous is not None:
+            signal.signal(SOFT_SIGNAL, self._previous)
+            self._previous = None
+
+    def _raise_soft(self, signum: int, frame: Any) -> None:
+        if not self.done:
+            raise SoftTimeout(f"soft time limit of {self.soft} s exceeded")
 
 
 def hard_timeout_error(seconds: int) -> str:

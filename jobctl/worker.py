@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import random
@@ -13,12 +14,15 @@ from typing import Any
 
 import redis
 from rq import Worker
+from rq.defaults import DEFAULT_WORKER_TTL
 from rq.exceptions import DeserializationError
 from rq.utils import now
+from rq.worker import WorkerStatus
 from rq.worker_pool import WorkerPool
 
-from . import liveness, store
+from . import liveness
 from .config import get_settings
+from .handoff import Handoff
 from .queue import DISPATCH, get_queue, get_redis, guarded, queue_names, serializer
 from .runtime import fail_attempt
 
@@ -62,13 +66,11 @@ class _Monitor(threading.Thread):
                 log.debug("heartbeat not written: %s", exc)
             if time.monotonic() >= next_pass:
                 next_pass = time.monotonic() + random.uniform(0.75, 1.0) * settings.reconcile_interval
-                with _FORK_LOCK:
+                with _FORK_LOCK:  # never fork in the middle of a query
                     try:
                         reconcile.run_pass()
                     except Exception as exc:
                         log.warning("reconciliation pass failed: %s", exc)
-                    finally:
-                        store.close_idle_connections()
             self.stopped.wait(liveness.beat_interval(settings.lost_after))
 
     def beat(self, lost_after: float) -> None:
@@ -90,8 +92,11 @@ class JobctlWorker(Worker):
     survives Redis outages, and carries jobctl's heartbeat and reconciliation."""
 
     default_max_jobs: int | None = None
+    forks = True
     max_connection_wait_time = 5.0  # RQ waits up to 60 s between reconnection attempts
     jobctl_current: str | None = None
+    _handoff: Handoff | None = None  # the attempt running now
+    _unsettled: Handoff | None = None  # the attempt that ran last, until its outcome is recorded
     _redis_lost = False
     _jobs_done = 0
 
@@ -105,9 +110,7 @@ class JobctlWorker(Worker):
         monitor.start()
         from .ticker import Ticker  # recurring schedules, dependency sweep, RQ scheduler takeover
 
-        ticker = Ticker(
-            self, burst=bool(kwargs.get("burst")), lock=_FORK_LOCK, after=store.close_idle_connections
-        )
+        ticker = Ticker(self, burst=bool(kwargs.get("burst")), lock=_FORK_LOCK)
         ticker.start()
         worked = False
         try:
@@ -130,6 +133,7 @@ class JobctlWorker(Worker):
                 with contextlib.suppress(*REDIS_DOWN):
                     self.connection.delete(self.key)  # our own registration from before the outage
         finally:
+            self._settle_last()
             ticker.stop()
             monitor.stop()
 
@@ -167,7 +171,16 @@ class JobctlWorker(Worker):
         self._noting_redis_loss(super().run_maintenance_tasks)
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
-        return self._noting_redis_loss(super().dequeue_job_and_maintain_ttl, timeout, max_idle_time)
+        dequeue = super().dequeue_job_and_maintain_ttl
+        if self._unsettled is not None and timeout is not None:
+            found = self._noting_redis_loss(dequeue, None, max_idle_time)  # a job already waiting?
+            if found is not None:
+                return found
+            self._settle_last()  # nothing waiting: record the last outcome before blocking
+        found = self._noting_redis_loss(dequeue, timeout, max_idle_time)
+        if found is None:
+            self._settle_last()
+        return found
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
         self._noting_redis_loss(super().heartbeat, timeout, pipeline)
@@ -206,7 +219,7 @@ class JobctlWorker(Worker):
             return
         self.jobctl_current = job.id
         try:
-            super().execute_job(job, queue)
+            self.run_attempt(job, queue)
         except REDIS_DOWN:
             self._redis_lost = True
             self._reap_horse_without_redis(job)
@@ -215,9 +228,45 @@ class JobctlWorker(Worker):
             self.jobctl_current = None
             self._jobs_done += 1
 
+    def run_attempt(self, job: Any, queue: Any) -> None:
+        """Claim the job's row, run it (`perform`), and keep its outcome to record with the next claim."""
+        job_id, attempt = job.args
+        handoff = Handoff(job_id, attempt, self.name)
+        previous, self._unsettled = self._unsettled, None
+        handoff.claim(after=previous)  # one commit: the last job's outcome and this claim
+        self._handoff = handoff
+        try:
+            self.perform(job, queue)
+        finally:
+            self._handoff = None
+            self._unsettled = handoff  # recorded with the next claim, or before waiting (_settle_last)
+
+    def perform(self, job: Any, queue: Any) -> None:
+        """Run the claimed job in a forked work-horse."""
+        super().execute_job(job, queue)
+
+    def _settle_last(self) -> None:
+        """Record the outcome of the job that ran last, if the next claim has not."""
+        handoff, self._unsettled = self._unsettled, None
+        if handoff is not None:
+            handoff.settle()
+
     def fork_work_horse(self, job: Any, queue: Any) -> None:
+        # Not while a thread is in the middle of a query (see _FORK_LOCK).
         with _FORK_LOCK:
+            if self._handoff is not None:
+                self._handoff.before_fork()
             super().fork_work_horse(job, queue)
+            if self._handoff is not None:
+                self._handoff.in_parent()
+
+    def main_work_horse(self, job: Any, queue: Any) -> None:
+        # The horse's Redis connections are new and serve one job: no health-check PING before each
+        # one's first command (the worker's long-lived connections keep theirs).
+        self.connection.connection_pool.connection_kwargs["health_check_interval"] = 0
+        if self._handoff is not None:
+            self._handoff.in_horse()
+        super().main_work_horse(job, queue)
 
     def _reap_horse_without_redis(self, job: Any) -> None:
         """Redis failed while a horse ran: wait for the horse, and record its death if it was killed."""
@@ -242,14 +291,16 @@ class JobctlWorker(Worker):
             if elapsed >= job.timeout:
                 reason = f"timed out after {job.timeout} s: the job's process did not stop and was killed"
         try:
-            reconcile.settle_attempt(job.id, reason)
+            # An outcome the horse sent before it died is the job's own.
+            if self._handoff is None or not self._handoff.settle():
+                reconcile.settle_attempt(job.id, reason)
         except Exception as exc:  # database down: reconciliation records it from RQ's failure later
             self.log.warning("job %s: could not record its death (%s)", job.id, exc)
         with contextlib.suppress(*REDIS_DOWN):
             super().handle_work_horse_killed(job, retpid, ret_val, rusage)
 
     def request_force_stop(self, signum: int, frame: Any) -> None:
-        current = self.jobctl_current if self.horse_pid else None
+        current = self.jobctl_current if self.horse_pid or not self.forks else None
         try:
             super().request_force_stop(signum, frame)
         except SystemExit:
@@ -261,13 +312,39 @@ class JobctlWorker(Worker):
             raise
 
 
+class InProcessWorker(JobctlWorker):
+    """Runs each job in the worker's own process, like RQ's SimpleWorker: no fork per job, so much
+    higher throughput for short jobs, but a task's memory and global state outlive it, and a running
+    task that ignores its cancel or time limit cannot be killed without stopping the worker."""
+
+    forks = False
+
+    def work(self, *args: Any, **kwargs: Any) -> bool:
+        from . import runtime
+
+        runtime.worker_heartbeat_names_job = True
+        return super().work(*args, **kwargs)
+
+    def perform(self, job: Any, queue: Any) -> None:
+        assert self._handoff is not None
+        self._handoff.in_process()
+        self.prepare_execution(job)
+        self.perform_job(job, queue)
+        self.set_state(WorkerStatus.IDLE)
+
+    def get_heartbeat_ttl(self, job: Any) -> int:
+        # The worker cannot write RQ's heartbeat while it runs the job (jobctl's own heartbeat
+        # thread goes on): RQ's TTL covers the job's time limit.
+        return DEFAULT_WORKER_TTL if job.timeout == -1 else int(job.timeout or DEFAULT_WORKER_TTL) + 60
+
+
 def _preload() -> None:
     """Import and check everything a job needs once, so each forked work-horse starts warm."""
     import importlib
     import pkgutil
 
     from . import __path__ as package_path
-    from . import store
+    from . import dependencies, lifecycle, store
     from .tasks import load_task_modules
 
     # The runtime imports its helpers lazily (task modules stay light); a horse importing them
@@ -277,7 +354,18 @@ def _preload() -> None:
             importlib.import_module(f"{__package__}.{module.name}")
     load_task_modules(get_settings().task_modules)
     store.get_engine()  # verifies the schema before any fork
-    store.warm_up()
+    lifecycle.warm_up()
+    dependencies.warm_up()
+    store.close_idle_connections()  # a pool's worker processes are forked from this one too
+    # A task's records at INFO go to its log (logs.py); set here once, not in every work-horse. The
+    # worker's root logger has no handlers of its own, so nothing more is printed.
+    root = logging.getLogger()
+    if root.level == logging.NOTSET or root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+    # What is loaded now lives as long as the worker: moved out of the collector's sight, a work-horse's
+    # collections no longer touch (and so copy) the memory it shares with its parent.
+    gc.collect()
+    gc.freeze()
 
 
 _NOT_FOR_WORKERS = frozenset({"cli", "migrations", "__main__", "dashboard", "demo"})
@@ -285,9 +373,15 @@ _NOT_FOR_WORKERS = frozenset({"cli", "migrations", "__main__", "dashboard", "dem
 
 @guarded
 def run_workers(
-    queues: list[str], *, concurrency: int = 1, burst: bool = False, max_jobs: int | None = None
+    queues: list[str],
+    *,
+    concurrency: int = 1,
+    burst: bool = False,
+    max_jobs: int | None = None,
+    fork: bool = True,
 ) -> None:
-    """Run `concurrency` workers (with the scheduler) on `queues` until stopped or, with `burst`, idle."""
+    """Run `concurrency` workers (with the scheduler) on `queues` until stopped or, with `burst`, idle;
+    each job in a forked work-horse, or with `fork=False` in the worker's own process."""
     from .priority import worker_queues
 
     settings = get_settings()
@@ -295,13 +389,10 @@ def run_workers(
     conn = get_redis()
     conn.ping()
     _preload()
-    worker_class = type(
-        "JobctlWorker", (JobctlWorker,), {"default_max_jobs": max_jobs or settings.worker_max_jobs}
-    )
+    base = JobctlWorker if fork else InProcessWorker
+    worker_class = type(base.__name__, (base,), {"default_max_jobs": max_jobs or settings.worker_max_jobs})
     if concurrency <= 1:
-        worker = worker_class(
-            [get_queue(n, conn) for n in names], connection=conn, serializer=serializer()
-        )
+        worker = worker_class([get_queue(n, conn) for n in names], connection=conn, serializer=serializer())
         worker.work(burst=burst, logging_level="INFO")
         return
     pool = WorkerPool(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -159,14 +160,16 @@ def env(
         monkeypatch.setenv(key, value)
     monkeypatch.chdir(tmp_path)
     conn = redis.Redis.from_url(redis_url)
-    conn.flushdb()  # this run's own database only
-    conn.set(LOCK_KEY, TOKEN, ex=6 * 3600)
+    # This run's own database only, emptied and re-claimed in one transaction: another run looking
+    # for a free database never sees it unclaimed.
+    with conn.pipeline(transaction=True) as pipe:
+        pipe.flushdb().set(LOCK_KEY, TOKEN, ex=6 * 3600).execute()
     conn.close()
     reset_caches()
-    from jobctl import store
+    from jobctl import schema, store
 
     if backend == "postgres":
-        store.upgrade_schema()
+        schema.upgrade_schema()
         with store.begin() as conn:
             # CASCADE: tables that reference job (logs) are emptied with it.
             conn.exec_driver_sql("TRUNCATE job, job_dependency, schedule RESTART IDENTITY CASCADE")
@@ -220,17 +223,18 @@ def run(env: dict[str, str]) -> Callable[..., subprocess.CompletedProcess[str]]:
     return _run
 
 
-class WorkerProcess:
-    """A `jobctl worker` subprocess, stopped by its PID."""
+class BackgroundProcess:
+    """A long-running command (server, worker) with its output in a file, stopped by its PID."""
 
-    def __init__(self, args: list[str], log: Path) -> None:
+    def __init__(self, cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None):
         self.log_path = log
         self._log = open(log, "w")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "jobctl", "worker", *args],
+            cmd,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env=cli_env(),
+            env=env or cli_env(),
+            cwd=cwd,
             start_new_session=True,
         )
 
@@ -241,16 +245,34 @@ class WorkerProcess:
     def output(self) -> str:
         return self.log_path.read_text()
 
+    def wait_for_output(self, text: str, timeout: float = 30) -> str:
+        """Wait until `text` appears in the output (fail early if the process exits)."""
+
+        def seen() -> bool:
+            if self.proc.poll() is not None and text not in self.output():
+                pytest.fail(f"{self.proc.args!r} exited {self.proc.returncode}:\n{self.output()}")
+            return text in self.output()
+
+        wait_for(seen, timeout)
+        return self.output()
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)  # the worker and its work-horses
+                os.killpg(self.proc.pid, signal.SIGKILL)  # and whatever it started (work-horses)
                 self.proc.wait(10)
         self._log.close()
         return self.proc.returncode
+
+
+class WorkerProcess(BackgroundProcess):
+    """A `jobctl worker` subprocess, stopped by its PID."""
+
+    def __init__(self, args: list[str], log: Path) -> None:
+        super().__init__([sys.executable, "-m", "jobctl", "worker", *args], log, cli_env())
 
 
 @pytest.fixture
@@ -268,6 +290,39 @@ def start_worker(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., 
     yield _start
     for worker in started:
         worker.stop(signal.SIGTERM, timeout=10)
+
+
+def submit(cli: Callable[..., Any], *args: str) -> int:
+    """`jobctl submit ARGS` through the `cli` fixture; the new job's id."""
+    out = cli("submit", *args)
+    assert out.exit_code == 0, out
+    return int(out.stdout)
+
+
+def show(cli: Callable[..., Any], job_id: int) -> dict[str, Any]:
+    """The job's record as `jobctl show ID --json` prints it."""
+    out = cli("show", str(job_id), "--json")
+    assert out.exit_code == 0, out
+    record: dict[str, Any] = json.loads(out.stdout)
+    return record
+
+
+def ended(cli: Callable[..., Any], job_id: int) -> Callable[[], dict[str, Any] | None]:
+    """A `wait_for` predicate: the job's record once it is terminal."""
+
+    def check() -> dict[str, Any] | None:
+        found = show(cli, job_id)
+        return found if found["status"] in ("completed", "failed", "cancelled") else None
+
+    return check
+
+
+@pytest.fixture
+def ops_env(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The usual environment with the operator-view test tasks registered too."""
+    monkeypatch.setenv("JOBCTL_TASKS", "tests.sample_tasks,tests.ops_tasks")
+    reset_caches()
+    return dict(os.environ)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 20, interval: float = 0.05) -> Any:
@@ -309,47 +364,6 @@ def cli(env: dict[str, str]) -> Callable[..., CliResult]:
         return CliResult(result.exit_code, result.stdout, result.stderr)
 
     return _cli
-
-
-class BackgroundProcess:
-    """A long-running command (server, worker) with its output in a file, stopped by its PID."""
-
-    def __init__(self, cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None):
-        self.log_path = log
-        self._log = open(log, "w")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            cmd,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=env or cli_env(),
-            cwd=cwd,
-            start_new_session=True,
-        )
-
-    def output(self) -> str:
-        return self.log_path.read_text()
-
-    def wait_for_output(self, text: str, timeout: float = 30) -> str:
-        """Wait until `text` appears in the output (fail early if the process exits)."""
-
-        def seen() -> bool:
-            if self.proc.poll() is not None and text not in self.output():
-                pytest.fail(f"{self.proc.args!r} exited {self.proc.returncode}:\n{self.output()}")
-            return text in self.output()
-
-        wait_for(seen, timeout)
-        return self.output()
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self._log.close()
-        return self.proc.returncode
 
 
 @pytest.fixture

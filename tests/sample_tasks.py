@@ -21,6 +21,16 @@ def sleep(seconds: float = 1.0, steps: int = 1) -> dict[str, float]:
     return {"slept": seconds}
 
 
+@task(name="pid")
+def pid(seconds: float = 0.0) -> int:
+    """The id of the process the task runs in (after sleeping `seconds`, printing a line)."""
+    import os
+
+    print(f"running in {os.getpid()}")
+    time.sleep(seconds)
+    return os.getpid()
+
+
 @task
 def echo(text: str, times: int = 1) -> str:
     """Return `text` repeated."""

@@ -302,9 +302,9 @@ class JobStateMachine(RuleBasedStateMachine):
 
     @rule(attempt=st.integers(1, 4))
     def claim(self, attempt: int) -> None:
-        from jobctl import store
+        from jobctl import lifecycle
 
-        claimed = store.claim(self.job_id, attempt, f"w{attempt}") is not None
+        claimed = lifecycle.claim(self.job_id, attempt, f"w{attempt}") is not None
         expected = self.status == "pending" and self.attempts == attempt - 1
         assert claimed == expected
         if claimed:
@@ -312,10 +312,10 @@ class JobStateMachine(RuleBasedStateMachine):
 
     @rule(attempt=st.integers(1, 4), outcome=st.sampled_from(["completed", "failed"]), value=st.integers())
     def finish(self, attempt: int, outcome: str, value: int) -> None:
-        from jobctl import store
+        from jobctl import lifecycle
         from jobctl.models import JobStatus
 
-        done = store.finish(self.job_id, attempt, JobStatus(outcome), result=value)
+        done = lifecycle.finish(self.job_id, attempt, JobStatus(outcome), result=value)
         expected = self.status == "processing" and self.attempts == attempt
         assert done == expected
         if done:
@@ -323,9 +323,9 @@ class JobStateMachine(RuleBasedStateMachine):
 
     @rule(attempt=st.integers(1, 4))
     def requeue(self, attempt: int) -> None:
-        from jobctl import queue, store
+        from jobctl import lifecycle, queue
 
-        done = store.requeue_after_failure(
+        done = lifecycle.requeue_after_failure(
             self.job_id,
             attempt,
             error="again",

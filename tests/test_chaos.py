@@ -26,9 +26,10 @@ def test_short_chaos_run_loses_nothing():
         [sys.executable, "-m", "bench.chaos", *args], cwd=ROOT, capture_output=True, text=True, timeout=240
     )
     lines = done.stdout.strip().splitlines()
-    assert lines and lines[-1].startswith("{"), done.stdout[-3000:] + done.stderr[-3000:]
-    report = json.loads(lines[-1])
-    summary = "\n".join(lines[-8:-1])
+    at = max((i for i, line in enumerate(lines) if line.startswith("{")), default=None)
+    assert at is not None, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(lines[at])
+    summary = "\n".join(lines[at - 7 :])
     for count in ("lost", "stuck", "disagree", "cancelled_then_ran", "recorded_twice"):
         assert report[count] == 0, summary
     assert report["kills"] == 12 and report["cancels"] == 25, summary

@@ -81,6 +81,8 @@ def test_bad_submissions_are_usage_errors_and_store_nothing(cli, args, message):
         (["list", "--limit", "0"], 2, "Error: --limit must be between 1 and 1000, got 0"),
         (["list", "--limit", "1001"], 2, "Error: --limit must be between 1 and 1000, got 1001"),
         (["list", "--offset", "-1"], 2, "Error: --offset must be 0 or more"),
+        (["list", "--offset", "10001"], 2, "Error: --offset must be at most 10000, got 10001 (to page"),
+        (["list", "--before", "0"], 2, "Error: --before must be a job id (1 or more), got 0"),
         (["list", "-s", "done"], 2, "Error: unknown status 'done'"),
         (["frobnicate"], 2, "Error: No such command 'frobnicate'"),
     ],
@@ -123,6 +125,20 @@ def test_list_filters_and_pages_newest_first(cli):
     cancelled = json.loads(cli("list", "--json", "-s", "cancelled", "-s", "completed").stdout)
     assert [j["id"] for j in cancelled] == [3, 1]
     assert json.loads(cli("list", "--json", "-s", "PENDING").stdout)[0]["status"] == "pending"
+
+
+def test_list_pages_back_from_an_id_at_any_depth(cli):
+    for i in range(6):
+        cli("submit", f"n{i}", "-t", "noop", "-q", "a" if i % 2 else "b")
+
+    def ids(*args: str) -> list[int]:
+        return [j["id"] for j in json.loads(cli("list", "--json", *args).stdout)]
+
+    assert ids("--limit", "2", "--before", "5") == [4, 3]
+    assert ids("-q", "a", "--before", "4") == [2]
+    assert ids("-s", "pending", "-s", "cancelled", "--before", "3") == [2, 1]
+    assert cli("list", "--before", "1").stderr == "No jobs.\n"
+    assert cli("list", "--offset", "10000").exit_code == 0
 
 
 def test_empty_list_says_so_on_stderr(cli):
@@ -229,6 +245,20 @@ def test_config_masks_secrets_and_names_modes(run):
     assert "topsecret" not in out.stdout and "alsosecret" not in out.stdout
     assert "redis://:***@example.invalid:6380/2" in out.stdout
     assert "server" in out.stdout and "JOBCTL_JOB_TIMEOUT" in out.stdout and "1800" in out.stdout
+
+
+def test_config_lists_liveness_and_dashboard_settings(run):
+    out = run(
+        "config",
+        JOBCTL_LOST_AFTER="12.5",
+        JOBCTL_DASHBOARD_USERNAME="ops",
+        JOBCTL_DASHBOARD_PASSWORD="dash-secret",
+    )
+    assert out.returncode == 0, out.stderr
+    lines = {line.split()[0]: line for line in out.stdout.splitlines() if line.strip()}
+    assert "12.5 s" in lines["JOBCTL_LOST_AFTER"]
+    assert "ops" in lines["JOBCTL_DASHBOARD_USERNAME"]
+    assert "***" in lines["JOBCTL_DASHBOARD_PASSWORD"] and "dash-secret" not in out.stdout
 
 
 def test_config_assembles_seed_variables(run):

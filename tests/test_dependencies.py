@@ -6,19 +6,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from tests.conftest import wait_for
-
-
-def show(cli, job_id: int) -> dict:
-    out = cli("show", str(job_id), "--json")
-    assert out.exit_code == 0, out
-    return json.loads(out.stdout)
-
-
-def submit(cli, *args: str) -> int:
-    out = cli("submit", *args)
-    assert out.exit_code == 0, out
-    return int(out.stdout)
+from tests.conftest import show, submit, wait_for
 
 
 def ended(cli, *ids: int) -> dict[int, dict]:

@@ -11,19 +11,7 @@ import time
 
 import pytest
 
-from tests.conftest import wait_for
-
-
-def show(cli, job_id: int) -> dict:
-    out = cli("show", str(job_id), "--json")
-    assert out.exit_code == 0, out
-    return json.loads(out.stdout)
-
-
-def submit(cli, *args: str) -> int:
-    out = cli("submit", *args)
-    assert out.exit_code == 0, out
-    return int(out.stdout)
+from tests.conftest import show, submit, wait_for
 
 
 def status_is(cli, job_id: int, *statuses: str):
@@ -50,6 +38,20 @@ def test_submit_runs_to_completion_with_progress_and_result(run, cli, start_work
     assert [j["id"] for j in listed] == [job_id]
     table = run("list").stdout
     assert "Test Job" in table and "completed" in table and "3/3" in table
+
+
+def test_results_of_any_size_are_recorded_whole_by_a_forking_worker(cli, start_worker):
+    # A small result travels from the work-horse to its worker, which records it; one too large for
+    # that is recorded by the work-horse itself. Either way the row holds all of it.
+    start_worker()
+    echo = ("-t", "tests.sample_tasks.echo")
+    small = submit(cli, "small", *echo, "-a", "text=é\u2028x", "-a", "times=3")
+    large = submit(cli, "large", *echo, "-a", "text=0123456789", "-a", "times=150000")
+    failing = submit(cli, "failing", "-t", "boom", "-a", "message=" + "y" * 50_000)
+    assert wait_for(status_is(cli, small, "completed"), 30)["result"] == "é\u2028x" * 3
+    assert wait_for(status_is(cli, large, "completed"), 30)["result"] == "0123456789" * 150000
+    failed = wait_for(status_is(cli, failing, "failed"), 30)
+    assert "y" * 50_000 in failed["error"]
 
 
 def test_show_reports_live_progress_while_running(cli, start_worker):
@@ -147,6 +149,21 @@ def test_cancel_after_a_worker_dequeued_the_job_still_wins(env, cli):
     assert runtime.run_job(job_id, 1) is None  # what the worker would now execute
     raced = show(cli, job_id)
     assert raced["status"] == "cancelled" and raced["started_at"] is None and raced["result"] is None
+
+
+def test_cancel_of_a_job_a_worker_is_ending_at_that_moment(env, cli):
+    """Found in CI: a worker took the RQ job just before its row was cancelled, and deleted the execution
+    record as RQ's cancel read it; `cancel` printed a traceback."""
+    import redis
+
+    job_id = submit(cli, "taken", "-t", "noop")
+    conn = redis.Redis.from_url(env["REDIS_URL"])
+    rq_id = f"jobctl-{job_id}-1"
+    conn.hset(f"rq:job:{rq_id}", "status", "started")
+    conn.zadd(f"rq:executions:{rq_id}", {"gone": time.time() + 3600})  # its record already deleted
+    out = cli("cancel", str(job_id))
+    assert out.exit_code == 0 and out.stderr.strip() == f"cancelled job {job_id} (was pending)", out
+    assert show(cli, job_id)["status"] == "cancelled"
 
 
 def test_cancel_storm_while_workers_dequeue(cli, start_worker):

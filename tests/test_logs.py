@@ -7,40 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
-import pytest
-
-from tests.conftest import cli_env, reset_caches, wait_for
-
-
-@pytest.fixture
-def ops_env(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """The usual environment with the operator-view test tasks registered too."""
-    monkeypatch.setenv("JOBCTL_TASKS", "tests.sample_tasks,tests.ops_tasks")
-    reset_caches()
-    return dict(os.environ)
-
-
-def submit(cli, *args: str) -> int:
-    out = cli("submit", *args)
-    assert out.exit_code == 0, out
-    return int(out.stdout)
-
-
-def job(cli, job_id: int) -> dict:
-    out = cli("show", str(job_id), "--json")
-    assert out.exit_code == 0, out
-    return json.loads(out.stdout)
-
-
-def ended(cli, job_id: int):
-    def check():
-        found = job(cli, job_id)
-        return found if found["status"] in ("completed", "failed", "cancelled") else None
-
-    return check
+from tests.conftest import cli_env, ended, show, submit, wait_for
 
 
 def test_logs_keep_stdout_stderr_and_logging_of_each_attempt(ops_env, cli, start_worker, tmp_path):
@@ -112,7 +83,7 @@ def test_follow_streams_while_running_cancel_keeps_output_and_the_cap_keeps_the_
         assert follower.stdout is not None
         assert follower.stdout.readline() == "before the gate\n"
         # The line arrived while the job still runs (it waits for the gate): streamed, not read at the end.
-        assert job(cli, gated)["status"] == "processing"
+        assert show(cli, gated)["status"] == "processing"
         gate.touch()
         rest, err = follower.communicate(timeout=30)
     finally:
@@ -120,7 +91,7 @@ def test_follow_streams_while_running_cancel_keeps_output_and_the_cap_keeps_the_
             follower.kill()
     assert follower.returncode == 0, err
     assert rest == "after the gate\n"
-    assert job(cli, gated)["status"] == "completed"
+    assert show(cli, gated)["status"] == "completed"
 
     # Cancelled while printing: what it printed so far is kept.
     talk = submit(cli, "long talk", "-t", "chatty", "-a", "lines=100", "-a", "interval=0.1")
@@ -142,3 +113,20 @@ def test_follow_streams_while_running_cancel_keeps_output_and_the_cap_keeps_the_
     from jobctl import queue
 
     assert queue.get_redis().xlen(f"jobctl:log:jobctl-{noisy}-1") == len(lines) + 1  # and the end marker
+
+
+def test_a_killed_work_horse_leaves_its_streamed_lines_in_the_database(ops_env, cli, start_worker):
+    from jobctl import queue
+    from jobctl.logs import stream_key
+
+    start_worker()
+    talk = submit(cli, "killed talk", "-t", "chatty", "-a", "lines=100", "-a", "interval=0.2")
+    wait_for(lambda: "line 2" in cli("logs", str(talk)).stdout, 30)
+    conn = queue.get_redis()
+    beat = wait_for(lambda: conn.get(f"jobctl:alive:job:jobctl-{talk}-1"))
+    os.kill(int(json.loads(beat)["pid"]), signal.SIGKILL)  # the work-horse dies; its worker lives on
+    failed = wait_for(ended(cli, talk), 20)
+    assert failed["status"] == "failed" and "SIGKILL" in failed["error"]
+    conn.delete(stream_key(f"jobctl-{talk}-1"))  # what follows can only come from the database
+    kept = cli("logs", str(talk)).stdout.splitlines()
+    assert "line 1" in kept and "line 2" in kept

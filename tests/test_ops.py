@@ -3,29 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import cli_env, reset_caches
-
-
-@pytest.fixture
-def ops_env(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """The usual environment with the operator-view test tasks registered too."""
-    monkeypatch.setenv("JOBCTL_TASKS", "tests.sample_tasks,tests.ops_tasks")
-    reset_caches()
-    return dict(os.environ)
-
-
-def submit(cli, *args: str) -> int:
-    out = cli("submit", *args)
-    assert out.exit_code == 0, out
-    return int(out.stdout)
+from tests.conftest import cli_env, submit
 
 
 def ids_of(cli, *args: str) -> list[int]:
@@ -184,6 +170,72 @@ def test_list_filters_sorts_and_prints_for_scripts(env, cli):
     ):
         out = cli("list", *args)
         assert out.exit_code == 2 and message in out.stderr, (args, out)
+
+
+def test_name_search_through_the_index_finds_what_a_full_scan_finds(env, backend, cli, monkeypatch):
+    from jobctl import listing, ops, service, store
+
+    names = ["Nightly BACKUP 1", "nightly backup 2", "ÉCOLE run", "école run", "report 99_9", "report 9999"]
+    names += ['say "hi" AND now', "say hi and now"]
+    names += [f"filler {i}" for i in range(40)]
+    jobs = service.submit_jobs([service.JobRequest(name=n, task="noop", queue="nowhere") for n in names])
+    ids = {job.name: job.id for job in jobs}
+    patterns = ["*backup*", "*BACKUP 1", "*école*", "*cole r*", "*99_9", "report 9?99", "*ill*", "fi*", "*9*"]
+    patterns += ['*"hi" and*', "*hi and*"]  # not FTS5 query syntax: all literal
+
+    def found(pattern: str, **filters: Any) -> list[int]:
+        filters = {"limit": 1000, **filters}
+        return [j.id for j in listing.list_jobs(name_like=ops.glob_to_like(pattern), **filters)]
+
+    assert cli("cancel", str(ids["filler 3"]), str(ids["filler 13"])).exit_code == 0
+    combos: list[dict[str, Any]] = [
+        {"statuses": ["cancelled"]},
+        {"statuses": ["cancelled", "pending"], "limit": 5, "offset": 3},
+        {"order": [("name", True)], "limit": 4, "offset": 2},
+        {"task": "noop", "limit": 3, "offset": 10},
+    ]
+
+    def with_filters() -> list[list[int]]:
+        return [found("*ill*", **filters) for filters in combos]
+
+    through_index = {p: found(p) for p in patterns}
+    filtered = with_filters()
+    assert filtered[0] == [ids["filler 13"], ids["filler 3"]]
+    assert found("*backup*", before=ids["nightly backup 2"]) == [ids["Nightly BACKUP 1"]]
+    assert found("*backup*", since=datetime.now(UTC) - timedelta(hours=1)) == through_index["*backup*"]
+    used = set()
+    if backend == "sqlite":
+        with store.get_engine().connect() as conn:
+            used = {p for p in patterns if listing._sqlite_name_phrases(conn, ops.glob_to_like(p))}
+    phrases = listing._sqlite_name_phrases
+    monkeypatch.setattr(listing, "_sqlite_name_phrases", lambda *args: None)
+    assert through_index == {p: found(p) for p in patterns}
+    assert filtered == with_filters()
+    assert through_index["*backup*"] == [ids["nightly backup 2"], ids["Nightly BACKUP 1"]]
+    assert through_index["*99_9"] == [ids["report 99_9"]]  # _ is literal
+    assert through_index["report 9?99"] == [ids["report 9999"]]
+    assert ids["école run"] in through_index["*école*"]
+    # SQLite looks names up in its trigram index (migration 0006) for patterns with three letters in a
+    # row; PostgreSQL's planner uses its own (0005) by itself.
+    expected = {"*backup*", "*BACKUP 1", "*école*", "*cole r*", "*ill*", "report 9?99"}
+    expected |= {'*"hi" and*', "*hi and*"}
+    assert through_index['*"hi" and*'] == [ids['say "hi" AND now']]
+    assert through_index["*hi and*"] == [ids["say hi and now"]]
+    assert used == (expected if backend == "sqlite" else set())
+    if backend == "sqlite":  # deleted and renamed rows leave the index as it should be
+        job = store.JOB.c
+        with store.begin() as conn:
+            conn.execute(sa.delete(store.JOB).where(job.id == ids["report 9999"]))
+            conn.execute(sa.update(store.JOB).where(job.id == ids["école run"]).values(name="renamed"))
+            check = "INSERT INTO job_name_search(job_name_search, rank) VALUES ('integrity-check', 1)"
+            conn.exec_driver_sql(check)  # compares the index with the table: fails if they differ
+        assert found("*9999*") == [] and found("*renamed*") == [ids["école run"]]
+        with store.begin() as conn:  # a SQLite built without FTS5 has no index: names are still found
+            for trigger in ("insert", "delete", "update"):
+                conn.exec_driver_sql(f"DROP TRIGGER job_name_search_{trigger}")
+            conn.exec_driver_sql("DROP TABLE job_name_search")
+        monkeypatch.setattr(listing, "_sqlite_name_phrases", phrases)
+        assert found("*backup*") == through_index["*backup*"]
 
 
 def test_cancel_and_retry_read_ids_piped_from_list(env, cli):

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import reset_caches, wait_for
+from tests.conftest import reset_caches, show, submit, wait_for
 from tests.servers import PostgresServer, RedisServer, postgres_available
 
 SQLITE_ONLY = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
@@ -38,14 +38,14 @@ def postgres_server():
 @pytest.fixture
 def private_postgres(env, postgres_server, monkeypatch):
     """A fresh database on a PostgreSQL server of this module's own, which tests may stop and start."""
-    from jobctl import store
+    from jobctl import schema
 
     if not postgres_server.answers():
         postgres_server.start()
     url = postgres_server.create_database(f"outage_{uuid.uuid4().hex[:10]}")
     monkeypatch.setenv("DATABASE_URL", url)
     reset_caches()
-    store.upgrade_schema()
+    schema.upgrade_schema()
     yield postgres_server
     if not postgres_server.answers():
         postgres_server.start()
@@ -58,18 +58,6 @@ def fast(env, monkeypatch):
     monkeypatch.setenv("JOBCTL_LOST_AFTER", "2")
     monkeypatch.setenv("JOBCTL_RECONCILE_INTERVAL", "0.5")
     get_settings.cache_clear()
-
-
-def submit(cli, *args: str) -> int:
-    out = cli("submit", *args)
-    assert out.exit_code == 0, out
-    return int(out.stdout)
-
-
-def show(cli, job_id: int) -> dict:
-    out = cli("show", str(job_id), "--json")
-    assert out.exit_code == 0, out
-    return json.loads(out.stdout)
 
 
 def status_is(cli, job_id: int, *statuses: str):

@@ -9,19 +9,7 @@ import pytest
 
 from jobctl.errors import UsageError
 from jobctl.priority import check_priority, rq_queue_name, worker_queues
-from tests.conftest import wait_for
-
-
-def show(cli, job_id: int) -> dict:
-    out = cli("show", str(job_id), "--json")
-    assert out.exit_code == 0, out
-    return json.loads(out.stdout)
-
-
-def submit(cli, *args: str) -> int:
-    out = cli("submit", *args)
-    assert out.exit_code == 0, out
-    return int(out.stdout)
+from tests.conftest import show, submit, wait_for
 
 
 def test_priority_queues() -> None:

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
-from tests.conftest import LOCK_KEY, wait_for
+from tests.conftest import LOCK_KEY, submit, wait_for
 
 SQLITE_ONLY = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 
@@ -35,12 +35,6 @@ def conn(env):
     client = redis.Redis.from_url(env["REDIS_URL"])
     yield client
     client.close()
-
-
-def submit(cli, *args: str) -> int:
-    out = cli("submit", *args)
-    assert out.exit_code == 0, out
-    return int(out.stdout)
 
 
 def row(job_id: int):
@@ -129,6 +123,50 @@ def test_pending_row_taken_by_a_worker_that_died_is_queued_again(cli, conn, fast
     assert queued(conn) == [f"jobctl-{job_id}-1"]
 
 
+def test_a_row_claimed_by_a_worker_that_died_before_starting_it_leaves_nothing_in_rq(cli, conn, fast):
+    """Found by bench/chaos.py: a worker claims the row before it forks; killed in between, the RQ job
+    is still popped and `queued`, and must not stay so once the row records the loss."""
+    from rq import Queue
+
+    from jobctl import lifecycle, queue
+    from jobctl.reconcile import run_pass
+
+    job_id = submit(cli, "claimed, never started", "-t", "noop")
+    rq_queue = Queue("default", connection=queue.get_redis(), serializer=queue.serializer())
+    assert Queue.dequeue_any([rq_queue], None, connection=queue.get_redis(), serializer=rq_queue.serializer)
+    assert lifecycle.claim(job_id, 1, "gone") is not None
+    rq_id = f"jobctl-{job_id}-1"
+    assert conn.hget(f"rq:job:{rq_id}", "status") == b"queued"
+    age_rows()
+    old_redis(conn)
+    assert run_pass().lost == [job_id]
+    assert row(job_id).status == "failed"
+    assert conn.hget(f"rq:job:{rq_id}", "status") == b"failed"  # RQ agrees
+    assert queue.waiting("default").popped == set() and queued(conn) == []
+    assert conn.zscore("rq:failed:default", rq_id) is not None
+
+
+def test_a_popped_attempt_of_a_row_cancelled_since_is_closed(cli, conn, fast):
+    from rq import Queue
+
+    from jobctl import lifecycle, queue
+    from jobctl.reconcile import run_pass
+
+    job_id = submit(cli, "claimed, then cancelled", "-t", "noop")
+    rq_queue = Queue("default", connection=queue.get_redis(), serializer=queue.serializer())
+    assert Queue.dequeue_any([rq_queue], None, connection=queue.get_redis(), serializer=rq_queue.serializer)
+    assert lifecycle.claim(job_id, 1, "gone") is not None
+    assert cli("cancel", str(job_id)).exit_code == 0
+    rq_id = f"jobctl-{job_id}-1"
+    assert run_pass().tidied == []  # cancelled a moment ago: its worker may still be about to close it
+    assert queue.waiting("default").popped == {rq_id}
+    age_rows()
+    assert run_pass().tidied == [rq_id]
+    assert queue.waiting("default").popped == set()
+    assert conn.hget(f"rq:job:{rq_id}", "status") == b"failed"
+    assert row(job_id).status == "cancelled" and run_pass().tidied == []
+
+
 def test_a_submit_that_could_not_reach_the_database_twice_is_queued_later(cli, conn, fast):
     """The submitter stored the row, Redis refused the enqueue and the database refused marking it."""
     from jobctl import queue, service, store
@@ -160,8 +198,10 @@ def test_a_killed_worker_and_its_job_are_found_at_once_on_the_same_host(cli, con
     job_id = submit(cli, "victim", "-t", "sleep", "-a", "seconds=60")
     wait_for(status_is(job_id, "processing"))
     pid = horse_pid(conn, job_id)
+    # Machine loss: the worker and its scheduler, then the work-horse (in that order, so the worker
+    # cannot see its horse die and record it).
+    os.killpg(victim.pid, signal.SIGKILL)
     os.kill(pid, signal.SIGKILL)
-    os.killpg(victim.pid, signal.SIGKILL)  # machine loss: the worker, its scheduler and its work-horse
     victim.proc.wait(10)
     old_redis(conn)
     wait_for(lambda: run_pass().lost == [job_id], 10)
@@ -182,8 +222,8 @@ def test_a_worker_lost_elsewhere_is_found_after_heartbeats_expire(cli, conn, fas
     monkeypatch.setattr(liveness, "host_identity", lambda: "another-host")
     old_redis(conn)
     assert run_pass().lost == []  # alive: its heartbeats are fresh
+    os.killpg(victim.pid, signal.SIGKILL)  # the worker and its scheduler, then its work-horse
     os.kill(pid, signal.SIGKILL)
-    os.killpg(victim.pid, signal.SIGKILL)  # the worker and its scheduler
     victim.proc.wait(10)
     killed_at = time.monotonic()
     assert run_pass().lost == []  # heartbeats not expired yet
@@ -199,8 +239,11 @@ def test_workers_reconcile_periodically_and_retry_a_lost_job(cli, conn, fast, st
     victim = start_worker()
     job_id = submit(cli, "lost", "-t", "sleep", "-a", "seconds=2", "--retries", "1")
     wait_for(status_is(job_id, "processing"))
-    os.kill(horse_pid(conn, job_id), signal.SIGKILL)
-    os.killpg(victim.pid, signal.SIGKILL)  # the worker and its scheduler
+    pid = horse_pid(conn, job_id)
+    # The worker first (with its scheduler), so it cannot see its horse die, queue the next attempt and
+    # take it itself before it is killed too.
+    os.killpg(victim.pid, signal.SIGKILL)
+    os.kill(pid, signal.SIGKILL)
     victim.proc.wait(10)
     start_worker()  # its own reconciliation finds the lost attempt and runs the next one
     done = wait_for(status_is(job_id, "completed"), 40)
@@ -237,11 +280,11 @@ def test_an_orphaned_work_horse_finishes_and_its_outcome_is_kept(cli, conn, fast
 
 
 def test_no_heartbeat_right_after_redis_lost_its_data_is_not_proof(cli, conn, fast):
-    from jobctl import store
+    from jobctl import lifecycle
     from jobctl.reconcile import run_pass
 
     job_id = submit(cli, "running elsewhere", "-t", "noop")
-    assert store.claim(job_id, 1, "some-worker") is not None
+    assert lifecycle.claim(job_id, 1, "some-worker") is not None
     age_rows()
     forget_redis(conn)  # heartbeats gone with everything else: Redis restarted without persistence
     assert run_pass().lost == []
@@ -253,15 +296,16 @@ def test_no_heartbeat_right_after_redis_lost_its_data_is_not_proof(cli, conn, fa
 # ---------------------------------------------------------------- attempts whose RQ job ended
 
 
-def _ended_in_rq(job_id: int, *, result=None, exc: str | None = None) -> None:
-    """A claimed attempt that RQ saw end while the database did not get the outcome."""
+def _ended_in_rq(job_id: int, *, result=None, exc: str | None = None, just_now: bool = False) -> None:
+    """A claimed attempt that RQ saw end while the database did not get the outcome (long ago, unless
+    `just_now`)."""
     from rq.job import Job as RQJob
     from rq.results import Result
 
-    from jobctl import queue, store
+    from jobctl import lifecycle, queue
 
     rq_job = RQJob.fetch(f"jobctl-{job_id}-1", connection=queue.get_redis(), serializer=queue.serializer())
-    assert store.claim(job_id, 1, "w1") is not None
+    assert lifecycle.claim(job_id, 1, "w1") is not None
     rq_job.worker_name = "w1"
     if exc is None:
         rq_job.set_status("finished")
@@ -270,6 +314,10 @@ def _ended_in_rq(job_id: int, *, result=None, exc: str | None = None) -> None:
         rq_job.set_status("failed")
         Result.create_failure(rq_job, ttl=600, exc_string=exc)
     rq_job.meta["progress"] = {"current": 3, "total": 3, "message": "done"}
+    if just_now:
+        from rq.utils import now
+
+        rq_job.ended_at = now()
     rq_job.save()
 
 
@@ -283,6 +331,18 @@ def test_an_attempt_that_rq_finished_is_recorded_with_its_result(cli, conn, fast
     assert done.status == "completed" and done.result == {"answer": 42}
     assert done.progress == {"current": 3, "total": 3, "message": "done"}
     assert run_pass().finalized == []
+
+
+def test_an_attempt_that_just_ended_is_left_to_its_worker_for_a_while(cli, conn, fast):
+    from jobctl.reconcile import run_pass
+
+    job_id = submit(cli, "just finished", "-t", "noop")
+    _ended_in_rq(job_id, result="mine", just_now=True)
+    assert run_pass().changed == 0  # its worker is about to record it, with what it knows
+    assert row(job_id).status == "processing"
+    time.sleep(2.2)  # JOBCTL_LOST_AFTER: nobody did
+    assert run_pass().finalized == [job_id]
+    assert row(job_id).result == "mine"
 
 
 def test_an_attempt_that_rq_failed_is_failed_or_retried(cli, conn, fast):
@@ -305,20 +365,20 @@ def test_an_attempt_that_rq_failed_is_failed_or_retried(cli, conn, fast):
 
 
 def test_late_writes_never_overwrite_a_terminal_state_or_a_newer_attempt(cli, fast):
-    from jobctl import store
+    from jobctl import lifecycle
     from jobctl.models import JobStatus
     from jobctl.reconcile import settle_failure
 
     job_id = submit(cli, "fenced", "-t", "noop", "--retries", "1")
-    first = store.claim(job_id, 1, "old-worker")
+    first = lifecycle.claim(job_id, 1, "old-worker")
     assert first is not None
     assert settle_failure(first, 1, "worker lost: test") == "retried"
-    assert store.claim(job_id, 2, "new-worker") is not None
+    assert lifecycle.claim(job_id, 2, "new-worker") is not None
     # the first attempt's process was not dead after all and reports late
-    assert not store.finish(job_id, 1, JobStatus.COMPLETED, result="stale")
-    assert not store.requeue_after_failure(job_id, 1, error="stale", progress=None, task_id="x")
-    assert store.finish(job_id, 2, JobStatus.COMPLETED, result="fresh")
-    assert not store.finish(job_id, 2, JobStatus.FAILED, error="late")  # terminal states are sticky
+    assert not lifecycle.finish(job_id, 1, JobStatus.COMPLETED, result="stale")
+    assert not lifecycle.requeue_after_failure(job_id, 1, error="stale", progress=None, task_id="x")
+    assert lifecycle.finish(job_id, 2, JobStatus.COMPLETED, result="fresh")
+    assert not lifecycle.finish(job_id, 2, JobStatus.FAILED, error="late")  # terminal states are sticky
     done = row(job_id)
     assert (done.status, done.result, done.attempts, done.worker) == ("completed", "fresh", 2, "new-worker")
 
@@ -349,19 +409,19 @@ def test_health_runs_a_reconciliation_pass(cli, conn, fast, start_worker):
 
 
 def test_rq_entries_left_started_by_a_killed_process_are_closed(cli, conn, fast):
-    from jobctl import store
+    from jobctl import lifecycle
     from jobctl.models import JobStatus
     from jobctl.reconcile import run_pass
 
     done_id = submit(cli, "recorded, then killed", "-t", "noop")
     old_id = submit(cli, "superseded attempt", "-t", "noop", "--retries", "1")
     for job_id in (done_id, old_id):
-        assert store.claim(job_id, 1, "gone") is not None
+        assert lifecycle.claim(job_id, 1, "gone") is not None
         rq_id = f"jobctl-{job_id}-1"
         conn.hset(f"rq:job:{rq_id}", mapping={"status": "started", "worker_name": "gone"})
         conn.zadd("rq:wip:default", {f"{rq_id}:execution": time.time() + 3600})
-    assert store.finish(done_id, 1, JobStatus.COMPLETED, result=1)
-    assert store.requeue_after_failure(old_id, 1, error="x", progress=None, task_id=f"jobctl-{old_id}-2")
+    assert lifecycle.finish(done_id, 1, JobStatus.COMPLETED, result=1)
+    assert lifecycle.requeue_after_failure(old_id, 1, error="x", progress=None, task_id=f"jobctl-{old_id}-2")
     assert run_pass().tidied == []  # recorded a moment ago: its process may still be closing it
     age_rows()
     assert sorted(run_pass().tidied) == sorted([f"jobctl-{done_id}-1", f"jobctl-{old_id}-1"])

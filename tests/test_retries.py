@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -20,21 +19,9 @@ from jobctl.backoff import (
 from jobctl.errors import UsageError
 from jobctl.models import Job
 from jobctl.timeouts import effective_soft
-from tests.conftest import wait_for
+from tests.conftest import show, submit, wait_for
 
 TERMINAL = ("completed", "failed", "cancelled")
-
-
-def show(cli, job_id: int) -> dict:
-    out = cli("show", str(job_id), "--json")
-    assert out.exit_code == 0, out
-    return json.loads(out.stdout)
-
-
-def submit(cli, *args: str) -> int:
-    out = cli("submit", *args)
-    assert out.exit_code == 0, out
-    return int(out.stdout)
 
 
 def ended(cli, job_id: int, timeout: float = 40) -> dict:

@@ -10,25 +10,14 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from jobctl import listing
 from jobctl.errors import UsageError
 from jobctl.timespec import due_time, parse_duration, parse_seconds, parse_when
-from tests.conftest import wait_for
+from tests.conftest import show, submit, wait_for
 
 NOW = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)  # 14:00 in Berlin (summer time)
 BERLIN = ZoneInfo("Europe/Berlin")
 ECHO = "tests.sample_tasks.echo"
-
-
-def show(cli, job_id: int) -> dict:
-    out = cli("show", str(job_id), "--json")
-    assert out.exit_code == 0, out
-    return json.loads(out.stdout)
-
-
-def submit(cli, *args: str) -> int:
-    out = cli("submit", *args)
-    assert out.exit_code == 0, out
-    return int(out.stdout)
 
 
 def when(text: str) -> datetime:
@@ -187,7 +176,7 @@ def test_schedule_commands(cli) -> None:
 
 
 def test_a_due_schedule_fires_once_however_many_fire_at_once(env) -> None:
-    from jobctl import scheduling, service, store
+    from jobctl import scheduling, service
 
     schedule = scheduling.add_schedule(
         "burst", scheduling.ScheduleSpec(every="1h"), service.JobRequest(name="burst", task="noop")
@@ -209,7 +198,7 @@ def test_a_due_schedule_fires_once_however_many_fire_at_once(env) -> None:
         t.join()
     assert not errors
     assert len(fired) == 1
-    (job,) = store.list_jobs()
+    (job,) = listing.list_jobs()
     assert job.schedule == "burst" and job.scheduled_for == schedule.next_run_at and job.task == "noop"
     (after,) = scheduling.list_schedules()
     assert after.next_run_at == schedule.next_run_at + timedelta(hours=1)

@@ -11,6 +11,7 @@ import uuid
 import pytest
 import redis
 
+from jobctl import listing
 from tests.conftest import reset_caches, wait_for
 from tests.servers import PostgresServer, RedisServer, postgres_available
 
@@ -130,7 +131,7 @@ def secret_postgres():
 @pytest.fixture
 def secret_backends(env, secret_postgres, monkeypatch):
     """Redis and PostgreSQL that both need a password, given in the URLs."""
-    from jobctl import store
+    from jobctl import schema
 
     server = RedisServer(password=REDIS_SECRET).start()
     monkeypatch.setenv("REDIS_URL", server.url)
@@ -138,14 +139,13 @@ def secret_backends(env, secret_postgres, monkeypatch):
     monkeypatch.setenv("JOBCTL_LOST_AFTER", "2")
     monkeypatch.setenv("JOBCTL_RECONCILE_INTERVAL", "0.5")
     reset_caches()
-    store.upgrade_schema()
+    schema.upgrade_schema()
     yield server
     server.close()
 
 
 def everything_stored(redis_url: str) -> str:
     """Every value in Redis and every row in the database, as text."""
-    from jobctl import store
 
     conn = redis.Redis.from_url(redis_url)
     parts = []
@@ -162,7 +162,7 @@ def everything_stored(redis_url: str) -> str:
         elif kind == b"stream":
             parts.append(repr(conn.xrange(key)))
     conn.close()
-    rows = store.list_jobs(limit=1000)
+    rows = listing.list_jobs(limit=1000)
     parts += [json.dumps(r.to_public()) for r in rows]
     return "\n".join(parts)
 
@@ -199,7 +199,7 @@ def test_secrets_never_appear_in_output_logs_records_or_errors(
                  ["workers"], ["config"], ["health", "--timeout", "20"], ["tasks"]):
         assert jobctl(*args).exit_code == 0
     conn = redis.Redis.from_url(os.environ["REDIS_URL"])
-    horse = json.loads(conn.get(f"jobctl:alive:job:jobctl-{long_id}-1"))["pid"]
+    horse = json.loads(wait_for(lambda: conn.get(f"jobctl:alive:job:jobctl-{long_id}-1")))["pid"]
     parent = int(pathlib.Path(f"/proc/{horse}/stat").read_text().rsplit(")", 1)[1].split()[1])
     os.kill(horse, signal.SIGKILL)
     os.killpg(parent, signal.SIGKILL)  # the worker and its scheduler; found lost by the other worker

@@ -11,27 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import cli_env, wait_for
-
-
-def submit(cli, *args: str) -> int:
-    out = cli("submit", *args)
-    assert out.exit_code == 0, out
-    return int(out.stdout)
-
-
-def job(cli, job_id: int) -> dict:
-    out = cli("show", str(job_id), "--json")
-    assert out.exit_code == 0, out
-    return json.loads(out.stdout)
-
-
-def ended(cli, job_id: int):
-    def check():
-        found = job(cli, job_id)
-        return found if found["status"] in ("completed", "failed", "cancelled") else None
-
-    return check
+from tests.conftest import cli_env, ended, show, submit, wait_for
 
 
 def gone(pid: int) -> bool:
@@ -118,7 +98,7 @@ def test_only_allow_shell_workers_take_shell_jobs(env, cli, run, start_worker, b
     shell_job = submit(cli, "echo", "--", "echo", "hello")
     normal = submit(cli, "normal", "-t", "noop")
     assert wait_for(ended(cli, normal), 30)["status"] == "completed"
-    assert job(cli, shell_job)["status"] == "pending"  # left queued for a worker that runs commands
+    assert show(cli, shell_job)["status"] == "pending"  # left queued for a worker that runs commands
     plain.stop()
 
     refused = run("worker", "-q", "default.shell", "--burst")
@@ -176,14 +156,14 @@ def test_submit_refuses_malformed_commands(env, cli):
 
 def test_cancelling_a_queued_shell_job_and_bulk_submission_route_to_the_shell_queue(env, cli):
     queued = submit(cli, "later", "-q", "builds", "--", "make", "all")
-    assert job(cli, queued)["queue"] == "builds.shell"
+    assert show(cli, queued)["queue"] == "builds.shell"
     bulk = cli(
         "submit", "--from", "-", input='{"name": "b", "task": "shell", "args": {"command": ["true"]}}\n'
     )
     assert bulk.exit_code == 0, bulk
-    assert job(cli, int(bulk.stdout))["queue"] == "default.shell"
+    assert show(cli, int(bulk.stdout))["queue"] == "default.shell"
     assert cli("cancel", str(queued)).exit_code == 0
-    assert job(cli, queued)["status"] == "cancelled"
+    assert show(cli, queued)["status"] == "cancelled"
     tasks = cli("tasks").stdout
     assert "shell" in tasks and "command: list" in tasks
 

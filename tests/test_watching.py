@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 import sqlalchemy as sa
 
-from jobctl import queue, runtime, service, store
+from jobctl import lifecycle, queue, runtime, service, store
 from jobctl.errors import NotFoundError, UsageError
 from jobctl.models import Job
 from jobctl.watching import Counts, WatchedJob, Watcher, display_order, estimate_eta, percent
@@ -151,7 +151,7 @@ def test_a_started_job_not_yet_claimed_is_read_again_until_sql_agrees(trips: Tri
     with counting(trips) as cost:
         watcher.tick()
     assert cost.sql == 0  # not due yet
-    store.claim(job_id, 1, "w1")
+    lifecycle.claim(job_id, 1, "w1")
     clock.now += 0.3
     changes = watcher.tick()
     assert [(c.kind, c.row.status) for c in changes] == [("status", "processing")]
@@ -166,7 +166,7 @@ def test_progress_on_a_pending_row_means_it_was_claimed(trips: Trips) -> None:
     (job_id,) = submit(1, task="sleep")
     watcher = Watcher([job_id], clock=FakeClock())
     watcher.start()
-    store.claim(job_id, 1, "w1")
+    lifecycle.claim(job_id, 1, "w1")
     conn = queue.get_redis()
     meta = '{"progress": {"current": 1, "total": 4, "message": "a"}}'
     conn.hset(f"rq:job:{queue.rq_job_id(job_id, 1)}", "meta", meta)

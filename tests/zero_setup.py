@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import reset_caches, wait_for
+from tests.conftest import BackgroundProcess, reset_caches, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_PREFIXES = ("JOBCTL_", "POSTGRES_", "REDIS_")
@@ -113,42 +113,13 @@ def jobctl(
     )  # fmt: skip
 
 
-class Background:
-    """A jobctl process in the background, stopped by its PID."""
-
-    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
-        self.log_path = log
-        self._log = open(log, "w")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, *args], stdout=self._log, stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})}, start_new_session=True,
-        )  # fmt: skip
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def output(self) -> str:
-        return self.log_path.read_text()
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self._log.close()
-        return self.proc.returncode
-
-
-def spawner(tmp_path: Path) -> Iterator[Callable[..., Background]]:
+def spawner(tmp_path: Path) -> Iterator[Callable[..., BackgroundProcess]]:
     """Start `python ARGS...` processes (e.g. `-m jobctl worker`); each is stopped at the end."""
-    started: list[Background] = []
+    started: list[BackgroundProcess] = []
 
-    def _start(*args: str, ready: str | None = None, **env: str) -> Background:
-        proc = Background(list(args), tmp_path / f"background-{len(started)}.log", env)
+    def _start(*args: str, ready: str | None = None, **env: str) -> BackgroundProcess:
+        log = tmp_path / f"background-{len(started)}.log"
+        proc = BackgroundProcess([sys.executable, *args], log, {**os.environ, **env})
         started.append(proc)
         if ready is not None:
             wait_for(lambda: ready in proc.output() or proc.proc.poll() is not None, 30)

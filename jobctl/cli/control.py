@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.text import Text
 
 if TYPE_CHECKING:
+    from rich.text import Text
+
     from ..models import Job
-    from ..service import JobView
+    from ..service import JobRequest, JobView
 
 Timeout = Annotated[
     str | None,
@@ -54,8 +55,13 @@ AfterAny = Annotated[
 ]
 
 
-def request_fields(
+def job_request(
     *,
+    name: str,
+    task: str,
+    arg: list[str] | None,
+    description: str,
+    queue: str | None,
     timeout: str | None,
     soft_timeout: str | None,
     retries: int,
@@ -68,22 +74,29 @@ def request_fields(
     at: str | None = None,
     after: list[int] | None = None,
     after_any: list[int] | None = None,
-) -> dict[str, Any]:
-    """The JobRequest keyword arguments for these options."""
-    return {
-        "timeout": timeout,
-        "soft_timeout": soft_timeout,
-        "retries": retries,
-        "retry_delay": retry_delay,
-        "retry_on": retry_on,
-        "priority": priority,
-        "at_front": at_front,
-        "unique_key": unique_key,
-        "delay": delay,
-        "at": at,
-        "after": list(after or []),
-        "after_any": list(after_any or []),
-    }
+) -> JobRequest:
+    """The job these options describe (`submit`, `schedule add`)."""
+    from .. import service
+
+    return service.JobRequest(
+        name=name,
+        task=task,
+        args=service.parse_assignments(arg or []),
+        description=description,
+        queue=queue,
+        timeout=timeout,
+        soft_timeout=soft_timeout,
+        retries=retries,
+        retry_delay=retry_delay,
+        retry_on=retry_on,
+        priority=priority,
+        at_front=at_front,
+        unique_key=unique_key,
+        delay=delay,
+        at=at,
+        after=list(after or []),
+        after_any=list(after_any or []),
+    )
 
 
 def _in(when: datetime, now: datetime) -> str:
@@ -109,6 +122,8 @@ def pending_note(job: Job, now: datetime | None = None) -> str:
 
 def detail_rows(view: JobView) -> list[tuple[str, Text]]:
     """The `jobctl show` lines for job control: due time, waits, priority, retry policy, limits, errors."""
+    from rich.text import Text
+
     from ..backoff import describe_delay
     from .render import _stamp
 

@@ -98,8 +98,7 @@ def wait(
     from ..durations import parse_duration
     from ..errors import JobFailedError
     from ..ops import wait_for_jobs
-    from .params import read_ids
-    from .render import print_json
+    from .params import print_json, read_ids
 
     seconds = parse_duration(timeout, what="--timeout") if timeout is not None else None
 
@@ -128,7 +127,8 @@ def stats(
 ) -> None:
     """Counts by status, throughput, queue depths, workers and run time percentiles per task."""
     from .. import stats as job_stats
-    from .render import print_json, stdout
+    from .params import print_json
+    from .render import stdout
 
     figures = job_stats.collect(since)
     for note in figures.notes:

@@ -1,4 +1,4 @@
-"""Parameters shared by commands: ids from stdin (`-`), `submit NAME -- CMD`, and shell completion."""
+"""Shared by commands: ids from stdin (`-`), `submit NAME -- CMD`, shell completion, JSON output."""
 
 from __future__ import annotations
 
@@ -120,6 +120,13 @@ class Output(enum.StrEnum):
     json = "json"
     jsonl = "jsonl"
     ids = "ids"
+
+
+def print_json(data: Any) -> None:
+    """Data as JSON on stdout (no rich: scripts reading JSON do not pay for it)."""
+    import json
+
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def print_views(views: list[Any], output: Output) -> None:

@@ -14,7 +14,8 @@ from rich.text import Text
 from .control import detail_rows, pending_note
 
 if TYPE_CHECKING:
-    from ..service import Check, JobView
+    from ..service import JobView
+    from ..system import Check
 
 STATUS_STYLE = {
     "pending": "yellow",
@@ -35,11 +36,6 @@ def stdout() -> Console:
 def stderr() -> Console:
     """A console for messages on stderr."""
     return Console(stderr=True, markup=False, highlight=False, emoji=False)
-
-
-def print_json(data: Any) -> None:
-    """Data as JSON on stdout."""
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def relative(when: datetime | None, now: datetime | None = None) -> str:

@@ -7,12 +7,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from . import app, control
+from . import LeanGroup, app, control
 
 if TYPE_CHECKING:
     from ..models import Schedule
 
 schedule_app = typer.Typer(
+    cls=LeanGroup,
     name="schedule",
     help="Recurring jobs: each firing creates an ordinary job (workers fire them).",
     no_args_is_help=True,
@@ -66,25 +67,24 @@ def add(
     as_json: Annotated[bool, typer.Option("--json", help="Print the schedule as JSON.")] = False,
 ) -> None:
     """Add a recurring job: --cron EXPR or --every DURATION."""
-    from .. import scheduling, service
-    from .render import print_json, relative
+    from .. import scheduling
+    from .params import print_json
+    from .render import relative
 
-    request = service.JobRequest(
+    request = control.job_request(
         name=job_name or name,
         task=task,
-        args=service.parse_assignments(arg or []),
+        arg=arg,
         description=description,
         queue=queue,
-        **control.request_fields(
-            timeout=timeout,
-            soft_timeout=soft_timeout,
-            retries=retries,
-            retry_delay=retry_delay,
-            retry_on=retry_on,
-            priority=priority,
-            at_front=at_front,
-            unique_key=unique_key,
-        ),
+        timeout=timeout,
+        soft_timeout=soft_timeout,
+        retries=retries,
+        retry_delay=retry_delay,
+        retry_on=retry_on,
+        priority=priority,
+        at_front=at_front,
+        unique_key=unique_key,
     )
     schedule = scheduling.add_schedule(name, scheduling.ScheduleSpec(cron=cron, every=every, tz=tz), request)
     if as_json:
@@ -106,7 +106,8 @@ def list_(
     from rich.text import Text
 
     from .. import scheduling
-    from .render import one_line, print_json, relative, stdout
+    from .params import print_json
+    from .render import one_line, relative, stdout
 
     schedules = scheduling.list_schedules()
     if as_json:

@@ -6,9 +6,9 @@ from typing import Annotated
 
 import typer
 
-from . import app
+from . import LeanGroup, app
 
-db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+db_app = typer.Typer(cls=LeanGroup, help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
 
@@ -19,10 +19,10 @@ def health(
     ] = 10.0,
 ) -> None:
     """Check the database, Redis and a round trip through a worker; exit 0 only if all pass."""
-    from .. import service
+    from .. import system
     from .render import checks_table, stdout
 
-    checks = service.health(timeout)
+    checks = system.health(timeout)
     stdout().print(checks_table(checks))
     if not all(c.ok for c in checks):
         raise typer.Exit(4 if not all(c.ok for c in checks[:2]) else 1)
@@ -36,13 +36,13 @@ def tasks() -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from .. import service
+    from .. import system
     from .render import stdout
 
     table = Table(box=None, pad_edge=False, header_style="bold")
     for column in ("TASK", "PARAMETERS", "DESCRIPTION"):
         table.add_column(column, overflow="fold")
-    for spec in service.task_list():
+    for spec in system.task_list():
         params = []
         for p in spec.params:
             text = f"{p.name}: {p.type_name}"
@@ -59,13 +59,13 @@ def config() -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from .. import service
+    from .. import system
     from .render import stdout
 
     table = Table(box=None, show_header=False, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
-    for key, value in service.effective_config():
+    for key, value in system.effective_config():
         table.add_row(key, Text(value))
     stdout().print(table)
 
@@ -73,7 +73,7 @@ def config() -> None:
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply the database schema migrations (Alembic)."""
-    from ..store import upgrade_schema
+    from ..schema import upgrade_schema
 
     revision = upgrade_schema()
     typer.echo(f"database schema at revision {revision}", err=True)

@@ -36,6 +36,15 @@ def worker(
             "can then run any command as this worker's user.",
         ),
     ] = False,
+    fork: Annotated[
+        bool,
+        typer.Option(
+            "--fork/--no-fork",
+            help="Run each job in a forked work-horse (the default), or in the worker's own process: "
+            "faster for short jobs, but tasks share the worker's memory, and one that ignores its "
+            "cancel or time limit cannot be killed without stopping the worker.",
+        ),
+    ] = True,
 ) -> None:
     """Run workers (with the scheduler). SIGTERM/Ctrl-C finishes current jobs; a second one stops them."""
     from .. import shell
@@ -51,7 +60,7 @@ def worker(
     names = shell.worker_queues(queue or [get_settings().default_queue], allow_shell)
     if allow_shell:
         shell.allow_in_this_process()
-    run_workers(names, concurrency=concurrency, burst=burst, max_jobs=max_jobs)
+    run_workers(names, concurrency=concurrency, burst=burst, max_jobs=max_jobs, fork=fork)
 
 
 @app.command()

@@ -5,8 +5,9 @@ from __future__ import annotations
 from alembic import context
 
 from jobctl.config import get_settings
-from jobctl.models import Job
+from jobctl.models import Job, declare_partial_indexes
 
+declare_partial_indexes()
 target_metadata = Job.metadata
 
 
