@@ -328,15 +328,3 @@ def _run_task(
     if plan is not None:
         return Outcome(RETRY, error=error, progress=progress, retry_due=plan.due, log=tail), failure
     return Outcome(FAILED, error=error, progress=progress, log=tail), failure
-
-
-def fail_attempt(task_id: str, reason: str) -> bool:
-    """Mark the row behind an RQ job failed when its process died without finishing it."""
-    from . import lifecycle, queue
-    from .models import JobStatus
-
-    parsed = queue.parse_rq_job_id(task_id)
-    if parsed is None:
-        return False
-    job_id, attempt = parsed
-    return lifecycle.finish(job_id, attempt, JobStatus.FAILED, error=reason)

@@ -24,7 +24,6 @@ from . import liveness
 from .config import get_settings
 from .handoff import Handoff
 from .queue import DISPATCH, get_queue, get_redis, guarded, queue_names, serializer
-from .runtime import fail_attempt
 
 log = logging.getLogger("jobctl.worker")
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
@@ -305,11 +304,20 @@ class JobctlWorker(Worker):
             super().request_force_stop(signum, frame)
         except SystemExit:
             if current:
-                try:
-                    fail_attempt(current, "the worker was stopped before the job finished (cold shutdown)")
-                except Exception as exc:  # the reconciler finds the job once the heartbeats expire
-                    self.log.warning("job %s: could not record the cold shutdown (%s)", current, exc)
+                self._settle_stopped(current)
             raise
+
+    def _settle_stopped(self, task_id: str) -> None:
+        """A cold shutdown took the running job down: record the outcome it sent if it finished in
+        time, else fail the attempt (or retry it, if it has retries left) like any lost attempt."""
+        from . import reconcile
+
+        reason = "the worker was stopped before the job finished (cold shutdown)"
+        try:
+            if self._handoff is None or not self._handoff.settle():
+                reconcile.settle_attempt(task_id, reason)
+        except Exception as exc:  # the reconciler finds the job once the heartbeats expire
+            self.log.warning("job %s: could not record the cold shutdown (%s)", task_id, exc)
 
 
 class InProcessWorker(JobctlWorker):

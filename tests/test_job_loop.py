@@ -304,6 +304,22 @@ def test_second_signal_stops_jobs_and_marks_them_failed(cli, start_worker):
     assert "cold shutdown" in failed["error"]
 
 
+@pytest.mark.parametrize("worker_options", [(), ("--no-fork",)], ids=["forking", "no-fork"])
+def test_a_job_stopped_by_a_cold_shutdown_is_retried_if_retries_remain(cli, start_worker, worker_options):
+    worker = start_worker(*worker_options)
+    job_id = submit(cli, "again", "-t", "pid", "-a", "seconds=30", "--retries", "1")
+    wait_for(status_is(cli, job_id, "processing"))
+    worker.proc.send_signal(signal.SIGTERM)
+    time.sleep(1.2)  # RQ ignores a repeated signal within one second (pool de-duplication)
+    worker.proc.send_signal(signal.SIGTERM)
+    worker.proc.wait(30)
+    waiting = show(cli, job_id)
+    assert waiting["status"] == "pending" and waiting["attempts"] == 1, waiting
+    assert [e["attempt"] for e in waiting["attempt_errors"]] == [1]
+    assert "cold shutdown" in waiting["attempt_errors"][0]["error"]
+    cli("cancel", str(job_id))  # the second attempt would sleep 30 s
+
+
 @pytest.mark.parametrize("concurrency", ["2"])
 def test_worker_pool_runs_jobs_in_parallel_processes(cli, start_worker, concurrency):
     start_worker("-c", concurrency)
