@@ -87,9 +87,14 @@ def task_list() -> list[Any]:
 def effective_config() -> list[tuple[str, str]]:
     """Every setting with its effective value, secrets masked, and each backend's mode."""
     s = get_settings()
+    url = s.resolved_database_url()
+    if s.database_is_embedded:
+        database_mode = "embedded (SQLite in the data directory)"
+    else:
+        database_mode = "SQLite file" if url.startswith("sqlite") else "server"
     rows = [
-        ("database", mask_url(s.resolved_database_url())),
-        ("database mode", "embedded (SQLite in the data directory)" if s.database_is_embedded else "server"),
+        ("database", mask_url(url)),
+        ("database mode", database_mode),
         *_redis_config(),
         ("data dir", str(s.data_dir.expanduser().resolve())),
         ("JOBCTL_TASKS", s.tasks or "(none)"),

@@ -298,7 +298,11 @@ def test_config_says_which_mode_each_backend_is_in_and_where_the_data_lives(zero
     out = jobctl("config", REDIS_URL="redis://127.0.0.1:6399/3", DATABASE_URL="postgresql://u@db/x")
     text = " ".join(out.stdout.split())
     assert "redis://127.0.0.1:6399/3" in text and "postgresql+psycopg2://u@db/x" in text
-    assert "embedded" not in text
+    assert "database mode server" in text and "embedded" not in text
+
+    out = jobctl("config", DATABASE_URL=f"sqlite:///{data}/elsewhere.db")
+    text = " ".join(out.stdout.split())
+    assert f"sqlite:///{data}/elsewhere.db" in text and "database mode SQLite file" in text
 
 
 @pytest.mark.slow
