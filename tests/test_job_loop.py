@@ -291,14 +291,19 @@ def test_graceful_shutdown_finishes_the_running_job(cli, start_worker):
     assert show(cli, job_id)["status"] == "completed"
 
 
-def test_second_signal_stops_jobs_and_marks_them_failed(cli, start_worker):
-    worker = start_worker()
-    job_id = submit(cli, "interrupted", "-t", "sleep", "-a", "seconds=30", "-a", "steps=30")
-    wait_for(status_is(cli, job_id, "processing"))
+def stop_cold(worker) -> None:
+    """A cold shutdown: a second SIGTERM while the worker waits for its running job."""
     worker.proc.send_signal(signal.SIGTERM)
     time.sleep(1.2)  # RQ ignores a repeated signal within one second (pool de-duplication)
     worker.proc.send_signal(signal.SIGTERM)
     worker.proc.wait(30)
+
+
+def test_second_signal_stops_jobs_and_marks_them_failed(cli, start_worker):
+    worker = start_worker()
+    job_id = submit(cli, "interrupted", "-t", "sleep", "-a", "seconds=30", "-a", "steps=30")
+    wait_for(status_is(cli, job_id, "processing"))
+    stop_cold(worker)
     failed = show(cli, job_id)
     assert failed["status"] == "failed", failed
     assert "cold shutdown" in failed["error"]
@@ -309,10 +314,7 @@ def test_a_job_stopped_by_a_cold_shutdown_is_retried_if_retries_remain(cli, star
     worker = start_worker(*worker_options)
     job_id = submit(cli, "again", "-t", "pid", "-a", "seconds=30", "--retries", "1")
     wait_for(status_is(cli, job_id, "processing"))
-    worker.proc.send_signal(signal.SIGTERM)
-    time.sleep(1.2)  # RQ ignores a repeated signal within one second (pool de-duplication)
-    worker.proc.send_signal(signal.SIGTERM)
-    worker.proc.wait(30)
+    stop_cold(worker)
     waiting = show(cli, job_id)
     assert waiting["status"] == "pending" and waiting["attempts"] == 1, waiting
     assert [e["attempt"] for e in waiting["attempt_errors"]] == [1]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -57,46 +57,17 @@ AfterAny = Annotated[
 
 def job_request(
     *,
-    name: str,
-    task: str,
     arg: list[str] | None,
-    description: str,
-    queue: str | None,
-    timeout: str | None,
-    soft_timeout: str | None,
-    retries: int,
-    retry_delay: str | None,
-    retry_on: list[str] | None,
-    priority: str | None,
-    at_front: bool,
-    unique_key: str | None,
-    delay: str | None = None,
-    at: str | None = None,
     after: list[int] | None = None,
     after_any: list[int] | None = None,
+    **options: Any,
 ) -> JobRequest:
-    """The job these options describe (`submit`, `schedule add`)."""
+    """The job the shared job options describe (`submit`, `schedule add`): `-a` assignments parsed,
+    the rest as given."""
     from .. import service
 
-    return service.JobRequest(
-        name=name,
-        task=task,
-        args=service.parse_assignments(arg or []),
-        description=description,
-        queue=queue,
-        timeout=timeout,
-        soft_timeout=soft_timeout,
-        retries=retries,
-        retry_delay=retry_delay,
-        retry_on=retry_on,
-        priority=priority,
-        at_front=at_front,
-        unique_key=unique_key,
-        delay=delay,
-        at=at,
-        after=list(after or []),
-        after_any=list(after_any or []),
-    )
+    args = service.parse_assignments(arg or [])
+    return service.JobRequest(args=args, after=list(after or []), after_any=list(after_any or []), **options)
 
 
 def _in(when: datetime, now: datetime) -> str:
