@@ -10,6 +10,7 @@ from __future__ import annotations
 import _thread
 import collections
 import contextlib
+import fcntl
 import logging
 import os
 import select
@@ -23,6 +24,8 @@ import sqlalchemy as sa
 STREAM_KEY = "jobctl:log:{}"
 LINE_MAX = 64 * 1024  # longer lines are split
 FLUSH_INTERVAL = 0.1  # seconds between two writes of new lines to Redis
+STREAM_AFTER = 0.2  # a task's output is streamed from this many seconds on (sooner ends read it once)
+PIPE_SIZE = 1 << 20  # what a task may print before its output is read (up to fs.pipe-max-size)
 STREAM_TTL = 86_400  # a stream outlives its attempt by a day when its tail could not be stored in SQL
 STREAM_TTL_STORED = 600  # ... and by ten minutes (for followers) when it was
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -65,14 +68,17 @@ class LogCapture:
         self.saved_fds: tuple[int, int] | None = None
         self.read_fd = -1
         self.read_done: threading.Event | None = None  # set by the reader thread as it ends
+        self.reader_lock = threading.Lock()
         self.saved_logging: tuple[list[logging.Handler], int] | None = None
         self.saved_buffering: list[tuple[Any, bool]] = []
         self.handler: logging.Handler | None = None
 
     def start(self) -> None:
-        """Start capturing."""
+        """Start capturing. Nothing reads the output yet: see `start_reader`."""
         _flush_std()
         read_fd, write_fd = os.pipe()
+        with contextlib.suppress(OSError, AttributeError):
+            fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         self.saved_fds = (os.dup(1), os.dup(2))
         os.dup2(write_fd, 1)
         os.dup2(write_fd, 2)
@@ -84,9 +90,18 @@ class LogCapture:
                 self.saved_buffering.append((stream, bool(stream.line_buffering)))
                 stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
         self._capture_logging()
-        # A low-level thread: `threading.Thread.start` would wait until it runs, in every work-horse.
-        self.read_done = threading.Event()
-        _thread.start_new_thread(self._read_until_done, (self.read_done,))
+
+    def start_reader(self) -> None:
+        """Stream the output to Redis as it comes, from now until `stop`. The attendant calls this
+        once the task has run STREAM_AFTER seconds; a task that ends sooner has its output read
+        once, by `stop`, without a thread (a task that prints more than the pipe holds meanwhile
+        waits for the reader)."""
+        with self.reader_lock:
+            if self.read_done is not None or self.saved_fds is None:
+                return
+            # A low-level thread: `threading.Thread.start` would wait until it runs.
+            self.read_done = threading.Event()
+            _thread.start_new_thread(self._read_until_done, (self.read_done,))
 
     def _capture_logging(self) -> None:
         root = logging.getLogger()
@@ -124,16 +139,19 @@ class LogCapture:
         for stream, line_buffering in self.saved_buffering:
             with contextlib.suppress(Exception):
                 stream.reconfigure(line_buffering=line_buffering)
-        saved_out, saved_err = self.saved_fds
+        with self.reader_lock:  # no reader starts from now on
+            saved_out, saved_err = self.saved_fds
+            self.saved_fds = None
         os.dup2(saved_out, 1)  # closes the pipe's write end: the reader sees the end of the output
         os.dup2(saved_err, 2)
         os.close(saved_out)
         os.close(saved_err)
-        self.saved_fds = None
         self.stop_requested_at = time.monotonic()
         self.stopping.set()
         if self.read_done is not None:
             self.read_done.wait(5)
+        else:
+            self._read_once()
         with contextlib.suppress(OSError):
             os.close(self.read_fd)
         if not self.seq:
@@ -155,13 +173,7 @@ class LogCapture:
                 chunk = os.read(self.read_fd, 65536)
                 if not chunk:
                     break  # every write end is closed
-                buffer += chunk
-                *lines, buffer = buffer.split(b"\n")
-                for line in lines:
-                    self._add(line)
-                while len(buffer) > LINE_MAX:
-                    self._add(buffer[:LINE_MAX])
-                    buffer = buffer[LINE_MAX:]
+                buffer = self._add_lines(buffer + chunk)
             # A process the task left behind may keep the pipe open: stop reading soon after the task.
             if self.stopping.is_set() and (not ready or time.monotonic() - self.stop_requested_at > 0.5):
                 break
@@ -170,6 +182,28 @@ class LogCapture:
         if buffer:
             self._add(buffer)
         self._flush()
+
+    def _read_once(self) -> None:
+        """Read what the task printed, once it has ended, without waiting: a process it left behind
+        may still hold the pipe open."""
+        os.set_blocking(self.read_fd, False)
+        buffer = b""
+        with contextlib.suppress(BlockingIOError):
+            while chunk := os.read(self.read_fd, 65536):
+                buffer = self._add_lines(buffer + chunk)
+        if buffer:
+            self._add(buffer)
+        self._flush()
+
+    def _add_lines(self, buffer: bytes) -> bytes:
+        """Add the whole lines in `buffer` (overlong ones cut); returns the unfinished rest."""
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            self._add(line)
+        while len(buffer) > LINE_MAX:
+            self._add(buffer[:LINE_MAX])
+            buffer = buffer[LINE_MAX:]
+        return buffer
 
     def _add(self, raw: bytes) -> None:
         text = raw.decode("utf-8", "replace").rstrip("\r")

@@ -17,6 +17,7 @@ from .config import get_settings
 from .handoff import CANCELLED, COMPLETED, FAILED, RETRY, Outcome, record, take
 
 if TYPE_CHECKING:
+    from .logs import LogCapture
     from .models import Job
     from .timeouts import Deadlines
 
@@ -123,6 +124,8 @@ class _Attendant:
         self.beat_lock = threading.Lock()
         self.beaten = False
         self.deadlines: Deadlines | None = None
+        self.capture: LogCapture | None = None
+        self.capture_due = 0.0
 
     def begin(self, rq_id: str, lost_after: float, *, beats: bool = True) -> None:
         """Attend to `rq_id`: heartbeats (unless not `beats`), and cancel requests once watched."""
@@ -138,7 +141,15 @@ class _Attendant:
         """Let the task's time limits act when they pass (until `task_ended()`)."""
         self.deadlines = deadlines
 
+    def keep_log(self, capture: LogCapture) -> None:
+        """Start streaming the task's output once it has run STREAM_AFTER seconds."""
+        self.capture = capture
+
     def start(self) -> None:
+        if self.capture is not None:
+            from .logs import STREAM_AFTER
+
+            self.capture_due = time.monotonic() + STREAM_AFTER
         _thread.start_new_thread(self.run, ())
 
     def task_ended(self) -> None:
@@ -154,10 +165,15 @@ class _Attendant:
             if self.rq_id is not None:
                 poll = min(poll, max(0.0, next_beat - time.monotonic()))
             due = self.deadlines.next_due() if self.deadlines is not None else None
+            if self.capture is not None:
+                poll = min(poll, max(0.0, self.capture_due - time.monotonic()))
             self.wakeup.wait(poll if due is None else min(poll, due))
             self.wakeup.clear()
             if self.stopped.is_set():
                 return
+            if self.capture is not None and time.monotonic() >= self.capture_due:
+                self.capture.start_reader()
+                self.capture = None
             if self.deadlines is not None and not self.task_done.is_set():
                 self.deadlines.poll()
             if self.rq_id is not None and time.monotonic() >= next_beat:
@@ -292,11 +308,13 @@ def _run_task(
         on_hard=lambda: settle_attempt(queue.rq_job_id(job_id, attempt), timeouts.hard_timeout_error(hard)),
     ).start()
     attendant.keep_deadlines(deadlines)
-    attendant.start()
     _reporter = reporter
     from .logs import start_capture
 
     capture = start_capture(job_id, queue.rq_job_id(job_id, attempt)) if in_main else None
+    if capture is not None:
+        attendant.keep_log(capture)
+    attendant.start()
     failure: BaseException | None = None
     result: Any = None
     try:

@@ -114,6 +114,13 @@ def test_follow_streams_while_running_cancel_keeps_output_and_the_cap_keeps_the_
 
     assert queue.get_redis().xlen(f"jobctl:log:jobctl-{noisy}-1") == len(lines) + 1  # and the end marker
 
+    # More than the capture's pipe holds (1 MiB), printed at once: the task waits for the reader,
+    # which starts once the task has run a moment, and nothing is lost.
+    flood = submit(cli, "flood", "-t", "spew", "-a", "lines=60000")
+    assert wait_for(ended(cli, flood), 60)["status"] == "completed"
+    tail = cli("logs", str(flood)).stdout.splitlines()
+    assert tail[-1].startswith("spew 060000 ") and tail[-2].startswith("spew 059999 ")
+
 
 def test_a_killed_work_horse_leaves_its_streamed_lines_in_the_database(ops_env, cli, start_worker):
     from jobctl import queue
