@@ -1,0 +1,92 @@
+"""Where a burst worker's time goes: CPU and page faults per job, in the worker and in its work-horses.
+
+    python -m bench.worker_cpu [--jobs 500] [--rounds 3] [--backend sqlite|postgres|both]
+
+Each round drains the same number of no-op jobs with `jobctl worker --burst` and `rq worker --burst`
+(forking), alternating, each run inside a wrapper that reports, as the worker exits, its own CPU time
+and minor page faults and those of the work-horses it waited for. Per job, medians of --rounds; the
+worker's figures include its start-up. Throughput is CPU-bound here: the wall time per job is about
+the worker's and the work-horse's CPU added up, so this shows which side a difference comes from
+(bench/throughput.py gives the ratio itself).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+from bench.harness import backends, bench_parser, environment, median
+
+WRAPPER = r"""
+import atexit, resource, sys
+
+def report():
+    own, horses = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    print("RUSAGE", own.ru_minflt, own.ru_utime + own.ru_stime, horses.ru_minflt,
+          horses.ru_utime + horses.ru_stime, file=sys.stderr)
+
+atexit.register(report)  # in the worker only: a work-horse ends with os._exit
+kind, sys.argv = sys.argv[1], sys.argv[2:]
+if kind == "jobctl":
+    from jobctl.cli import main
+else:
+    from rq.cli import main
+main()
+"""
+
+
+def run(kind: str, argv: list[str], env: dict[str, str], jobs: int) -> dict[str, float]:
+    t0 = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", WRAPPER, kind, *argv], env=env, capture_output=True, text=True, check=True
+    )
+    wall = time.perf_counter() - t0
+    line = [row for row in done.stderr.splitlines() if row.startswith("RUSAGE ")][-1].split()
+    own_faults, own_cpu, horse_faults, horse_cpu = int(line[1]), float(line[2]), int(line[3]), float(line[4])
+    return {
+        "wall ms": wall / jobs * 1000,
+        "worker CPU ms": own_cpu / jobs * 1000,
+        "worker faults": own_faults / jobs,
+        "horse CPU ms": horse_cpu / jobs * 1000,
+        "horse faults": horse_faults / jobs,
+    }
+
+
+def measure(kind: str, jobs: int, rounds: int) -> None:
+    with environment(kind) as env:
+        from rq import Queue
+
+        from jobctl import queue, service
+
+        plain_q = Queue("plain", connection=queue.get_redis(), serializer=queue.serializer())
+        ours_cmd = ["jobctl", "worker", "--burst", "-q", "bench"]
+        plain_cmd = ["rq", "worker", "--burst", "-u", env["REDIS_URL"], "-S", "rq.serializers.JSONSerializer"]
+        plain_cmd.append("plain")
+        results: dict[str, list[dict[str, float]]] = {"jobctl": [], "rq": []}
+        for round_no in range(rounds):
+            service.submit_jobs(
+                [service.JobRequest(name=f"n{i}", task="bench.noop", queue="bench") for i in range(jobs)]
+            )
+            plain_q.enqueue_many([Queue.prepare_data("bench.plain.noop") for _ in range(jobs)])
+            order = [("jobctl", ours_cmd), ("rq", plain_cmd)]
+            for name, argv in order[:: -1 if round_no % 2 else 1]:
+                results[name].append(run(name, argv, env, jobs))
+        print(f"\n{kind}: {jobs} no-op jobs per round, {rounds} rounds, forking workers (per job, medians)")
+        keys = list(results["jobctl"][0])
+        print("  " + " " * 8 + "".join(f"{key:>16}" for key in keys))
+        for name, rows in results.items():
+            print(f"  {name:8}" + "".join(f"{median([r[key] for r in rows]):16.2f}" for key in keys))
+
+
+def main() -> None:
+    parser = bench_parser(__doc__)
+    parser.add_argument("--jobs", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    for kind in backends(args.backend):
+        measure(kind, args.jobs, args.rounds)
+
+
+if __name__ == "__main__":
+    main()
