@@ -68,7 +68,9 @@ def private_redis(tmp: Path) -> Iterator[str]:
     sock = tmp / "redis.sock"
     proc = subprocess.Popen(
         [binary, "--port", "0", "--unixsocket", str(sock), "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 10
@@ -165,25 +167,36 @@ def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="jobctl-bench-watch-") as name:
         tmp = Path(name)
         with private_redis(tmp) as redis_url, database(args.backend, tmp) as db_url:
-            os.environ.update({
-                "REDIS_URL": redis_url, "DATABASE_URL": db_url, "JOBCTL_DATA_DIR": str(tmp),
-                "JOBCTL_TASKS": "", "PYTHONPATH": str(ROOT),
-            })
+            os.environ.update(
+                {
+                    "REDIS_URL": redis_url,
+                    "DATABASE_URL": db_url,
+                    "JOBCTL_DATA_DIR": str(tmp),
+                    "JOBCTL_TASKS": "",
+                    "PYTHONPATH": str(ROOT),
+                }
+            )
             from jobctl import schema, service
 
             if args.backend != "sqlite":
                 schema.upgrade_schema()
-            jobs = service.submit_jobs([
-                service.JobRequest(
-                    name=f"bench job {i}", task="process",
-                    args={"steps": 100_000, "min_delay": 0.05, "max_delay": 0.05, "failure_rate": 0},
-                )
-                for i in range(args.jobs)
-            ])
+            jobs = service.submit_jobs(
+                [
+                    service.JobRequest(
+                        name=f"bench job {i}",
+                        task="process",
+                        args={"steps": 100_000, "min_delay": 0.05, "max_delay": 0.05, "failure_rate": 0},
+                    )
+                    for i in range(args.jobs)
+                ]
+            )
             ids = [j.id for j in jobs if j.id is not None]
             worker = subprocess.Popen(
-                [sys.executable, "-m", "jobctl", "worker", "-c", str(args.workers)], env=dict(os.environ),
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                [sys.executable, "-m", "jobctl", "worker", "-c", str(args.workers)],
+                env=dict(os.environ),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
             )
             try:
                 measure(args, ids, redis_url)
@@ -239,8 +252,17 @@ def measure_naive(ids: list[int], counter: Counter) -> Sample:
         wall, cpu = time.perf_counter(), time.process_time()
         for job_id in ids:
             service.show_job(job_id)
-        samples.append(Sample(0, counter.redis - before[0], counter.sql - before[1], len(ids),
-                              time.process_time() - cpu, 0.0, time.perf_counter() - wall))
+        samples.append(
+            Sample(
+                0,
+                counter.redis - before[0],
+                counter.sql - before[1],
+                len(ids),
+                time.process_time() - cpu,
+                0.0,
+                time.perf_counter() - wall,
+            )
+        )
     return sorted(samples, key=lambda s: s.cpu_tick)[1]
 
 
@@ -253,35 +275,51 @@ def report(args: argparse.Namespace, r: Results, counts: Any, naive: Sample) -> 
 
     med = statistics.median
     quiet = r.quiet
-    print(f"watching {args.jobs} jobs on {args.backend}, {args.runs} runs x {args.refreshes} refreshes "
-          f"{args.interval:g} s apart; at the end: {summary_text(counts)}")
-    print(f"quiet refresh ({len(quiet)}):   Redis round trips {med(s.redis for s in quiet):g} "
-          f"(max {max(s.redis for s in quiet)}), SQL queries {med(s.sql for s in quiet):g} "
-          f"(max {max(s.sql for s in quiet)})")
+    print(
+        f"watching {args.jobs} jobs on {args.backend}, {args.runs} runs x {args.refreshes} refreshes "
+        f"{args.interval:g} s apart; at the end: {summary_text(counts)}"
+    )
+    print(
+        f"quiet refresh ({len(quiet)}):   Redis round trips {med(s.redis for s in quiet):g} "
+        f"(max {max(s.redis for s in quiet)}), SQL queries {med(s.sql for s in quiet):g} "
+        f"(max {max(s.sql for s in quiet)})"
+    )
     commands = r.commands[len(r.commands) // 2]
     ours = {k: commands.pop(k, 0) for k in ("hmget", "lpos")}
-    print(f"  Redis commands in that round trip: {med(s.commands for s in quiet):g}; the server's INFO "
-          f"commandstats over one refresh, workers included: hmget {ours['hmget']}, lpos {ours['lpos']}, "
-          f"{sum(commands.values())} others")
-    print(f"  CPU: poll {ms(med(s.cpu_tick for s in quiet))}, draw 120x40 screen "
-          f"{ms(med(s.cpu_render for s in quiet))}; wall {ms(med(s.wall for s in quiet))} (medians)")
+    print(
+        f"  Redis commands in that round trip: {med(s.commands for s in quiet):g}; the server's INFO "
+        f"commandstats over one refresh, workers included: hmget {ours['hmget']}, lpos {ours['lpos']}, "
+        f"{sum(commands.values())} others"
+    )
+    print(
+        f"  CPU: poll {ms(med(s.cpu_tick for s in quiet))}, draw 120x40 screen "
+        f"{ms(med(s.cpu_render for s in quiet))}; wall {ms(med(s.wall for s in quiet))} (medians)"
+    )
     if r.changed:
         c = r.changed
-        print(f"after cancelling {args.cancel} jobs: Redis round trips {med(s.redis for s in c):g}, "
-              f"SQL queries {med(s.sql for s in c):g} reading {med(s.sql_rows for s in c):g} rows, "
-              f"CPU {ms(med(s.cpu_tick + s.cpu_render for s in c))}")
+        print(
+            f"after cancelling {args.cancel} jobs: Redis round trips {med(s.redis for s in c):g}, "
+            f"SQL queries {med(s.sql for s in c):g} reading {med(s.sql_rows for s in c):g} rows, "
+            f"CPU {ms(med(s.cpu_tick + s.cpu_render for s in c))}"
+        )
     if r.fallback:
         f = r.fallback
-        print(f"fallback refresh (every {args.fallback:g} s, {len(f)}): Redis round trips "
-              f"{med(s.redis for s in f):g}, SQL queries {med(s.sql for s in f):g} (statuses of every "
-              f"active row; full rows read: {med(s.sql_rows for s in f):g}), "
-              f"CPU {ms(med(s.cpu_tick + s.cpu_render for s in f))}")
+        print(
+            f"fallback refresh (every {args.fallback:g} s, {len(f)}): Redis round trips "
+            f"{med(s.redis for s in f):g}, SQL queries {med(s.sql for s in f):g} (statuses of every "
+            f"active row; full rows read: {med(s.sql_rows for s in f):g}), "
+            f"CPU {ms(med(s.cpu_tick + s.cpu_render for s in f))}"
+        )
     per = med(s.cpu_tick + s.cpu_render for s in quiet)
-    print(f"naive per-job poll (`show` for each job): Redis round trips {naive.redis}, SQL queries "
-          f"{naive.sql}, CPU {ms(naive.cpu_tick)}, wall {ms(naive.wall)}")
+    print(
+        f"naive per-job poll (`show` for each job): Redis round trips {naive.redis}, SQL queries "
+        f"{naive.sql}, CPU {ms(naive.cpu_tick)}, wall {ms(naive.wall)}"
+    )
     trips = med(s.redis + s.sql for s in quiet)
-    print(f"ratio naive/watch: round trips {(naive.redis + naive.sql) / max(1, trips):.0f}x, "
-          f"CPU {naive.cpu_tick / per:.1f}x")
+    print(
+        f"ratio naive/watch: round trips {(naive.redis + naive.sql) / max(1, trips):.0f}x, "
+        f"CPU {naive.cpu_tick / per:.1f}x"
+    )
 
 
 def main() -> None:

@@ -248,4 +248,3 @@ def _delete_dependents(conn: Any, ids: Sequence[int]) -> None:
 
     table = JobLog.__table__  # type: ignore[attr-defined]
     conn.execute(sa.delete(table).where(table.c.job_id.in_(list(ids))))
-

@@ -197,8 +197,12 @@ def test_weird_names_and_descriptions_are_stored_and_shown_exactly(cli):
 
 @SQLITE_ONLY
 def test_the_real_entry_point_never_prints_a_traceback(run):
-    for args, code in [(["show", "abc"], 2), (["show", HUGE], 3), (["list", "-s", "done"], 2),
-                       (["submit", "x", "-a", "steps=NaN"], 2)]:
+    for args, code in [
+        (["show", "abc"], 2),
+        (["show", HUGE], 3),
+        (["list", "-s", "done"], 2),
+        (["submit", "x", "-a", "steps=NaN"], 2),
+    ]:
         out = run(*args)
         assert out.returncode == code and out.stderr.startswith("Error: "), out
         assert "Traceback" not in out.stderr and out.stderr.count("\n") == 1
@@ -253,8 +257,9 @@ def test_any_assignment_text_either_parses_or_is_a_usage_error(text):
     max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
-    name=st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=300)
-    .filter(lambda s: s.strip() and not s.startswith("-")),  # a leading dash reads as an option
+    name=st.text(
+        st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=300
+    ).filter(lambda s: s.strip() and not s.startswith("-")),  # a leading dash reads as an option
     steps=st.integers(min_value=-(10**20), max_value=10**20),
 )
 def test_any_name_is_stored_exactly_and_any_steps_value_is_accepted_or_refused(cli, name, steps):

@@ -312,8 +312,14 @@ def test_concurrent_workers_on_sqlite_record_every_job(zero_setup, spawn):
     other = spawn("-m", "jobctl", "worker", ready="Listening on")
     count = 120
     lines = "".join(
-        json.dumps({"name": f"job {i}", "task": "tests.sample_tasks.echo" if i % 3 else "sleep",
-                    "args": {"text": str(i)} if i % 3 else {"seconds": 0.01, "steps": 3}}) + "\n"
+        json.dumps(
+            {
+                "name": f"job {i}",
+                "task": "tests.sample_tasks.echo" if i % 3 else "sleep",
+                "args": {"text": str(i)} if i % 3 else {"seconds": 0.01, "steps": 3},
+            }
+        )
+        + "\n"
         for i in range(count)
     )
     ids = submit("--from", "-", input=lines)

@@ -119,16 +119,48 @@ def test_bad_retry_and_timeout_options_are_usage_errors(cli) -> None:
 def test_retries_wait_their_backoff_and_keep_each_attempts_error(cli, start_worker, tmp_path) -> None:
     start_worker(wait=False)
     flaky = submit(
-        cli, "flaky", "-t", "flaky", "-a", f"path={tmp_path / 'a'}", "-a", "failures=2",
-        "--retries", "3", "--retry-delay", "1,2", "--retry-on", "ConnectionError",
+        cli,
+        "flaky",
+        "-t",
+        "flaky",
+        "-a",
+        f"path={tmp_path / 'a'}",
+        "-a",
+        "failures=2",
+        "--retries",
+        "3",
+        "--retry-delay",
+        "1,2",
+        "--retry-on",
+        "ConnectionError",
     )
     expo = submit(
-        cli, "expo", "-t", "flaky", "-a", f"path={tmp_path / 'b'}", "-a", "failures=1",
-        "--retries", "1", "--retry-delay", "exp:1:1",
+        cli,
+        "expo",
+        "-t",
+        "flaky",
+        "-a",
+        f"path={tmp_path / 'b'}",
+        "-a",
+        "failures=1",
+        "--retries",
+        "1",
+        "--retry-delay",
+        "exp:1:1",
     )
     wrong = submit(
-        cli, "wrong", "-t", "flaky", "-a", f"path={tmp_path / 'c'}", "-a", "error=ValueError",
-        "--retries", "3", "--retry-on", "ConnectionError",
+        cli,
+        "wrong",
+        "-t",
+        "flaky",
+        "-a",
+        f"path={tmp_path / 'c'}",
+        "-a",
+        "error=ValueError",
+        "--retries",
+        "3",
+        "--retry-on",
+        "ConnectionError",
     )
 
     waiting = wait_for(lambda: (r := show(cli, flaky))["attempts"] and r["status"] == "pending" and r, 30)

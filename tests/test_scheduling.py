@@ -29,8 +29,17 @@ def when(text: str) -> datetime:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("90", 90), ("1.5", 1.5), ("30s", 30), ("5m", 300), ("2h", 7200), ("1d", 86400), ("1h30m", 5400),
-     ("1h 30m", 5400), ("2M", 120)],
+    [
+        ("90", 90),
+        ("1.5", 1.5),
+        ("30s", 30),
+        ("5m", 300),
+        ("2h", 7200),
+        ("1d", 86400),
+        ("1h30m", 5400),
+        ("1h 30m", 5400),
+        ("2M", 120),
+    ],
 )
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
@@ -143,9 +152,7 @@ def test_scheduled_job_waits_in_rqs_schedule_then_runs_when_due(cli, start_worke
 
 
 def test_schedule_commands(cli) -> None:
-    out = cli(
-        "schedule", "add", "nightly", "--cron", "0 3 * * *", "--tz", "UTC", "-t", ECHO, "-a", "text=hi"
-    )
+    out = cli("schedule", "add", "nightly", "--cron", "0 3 * * *", "--tz", "UTC", "-t", ECHO, "-a", "text=hi")
     assert out.exit_code == 0, out
     assert "next run" in out.stderr
     listed = json.loads(cli("schedule", "list", "--json").stdout)

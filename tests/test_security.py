@@ -195,8 +195,16 @@ def test_secrets_never_appear_in_output_logs_records_or_errors(
         return json.loads(jobctl("show", job_id, "--json").stdout)["status"]
 
     wait_for(lambda: status(long_id) == "processing")
-    for args in (["list"], ["list", "--json"], ["show", ok.stdout.strip()], ["show", bad.stdout.strip()],
-                 ["workers"], ["config"], ["health", "--timeout", "20"], ["tasks"]):
+    for args in (
+        ["list"],
+        ["list", "--json"],
+        ["show", ok.stdout.strip()],
+        ["show", bad.stdout.strip()],
+        ["workers"],
+        ["config"],
+        ["health", "--timeout", "20"],
+        ["tasks"],
+    ):
         assert jobctl(*args).exit_code == 0
     conn = redis.Redis.from_url(os.environ["REDIS_URL"])
     horse = json.loads(wait_for(lambda: conn.get(f"jobctl:alive:job:jobctl-{long_id}-1")))["pid"]
@@ -212,8 +220,12 @@ def test_secrets_never_appear_in_output_logs_records_or_errors(
         {"DATABASE_URL": database_url.replace(PG_SECRET, PG_SECRET + "x")},
         {"REDIS_URL": f"redis://:{REDIS_SECRET}@127.0.0.1:1/0"},
         {"DATABASE_URL": f"postgresql://postgres:{PG_SECRET}@127.0.0.1:1/x"},
-        {"DATABASE_URL": "", "POSTGRES_SERVER": "127.0.0.1", "POSTGRES_PORT": "1",
-         "POSTGRES_PASSWORD": PG_SECRET},
+        {
+            "DATABASE_URL": "",
+            "POSTGRES_SERVER": "127.0.0.1",
+            "POSTGRES_PORT": "1",
+            "POSTGRES_PASSWORD": PG_SECRET,
+        },
         {"REDIS_URL": "", "REDIS_HOST": "127.0.0.1", "REDIS_PORT": "1", "REDIS_PASSWORD": REDIS_SECRET},
     ):
         out = jobctl("submit", "refused", "-t", "noop", **extra)

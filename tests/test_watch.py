@@ -34,8 +34,11 @@ class Terminal:
         self.screen = pyte.Screen(cols, rows)
         self.stream = pyte.ByteStream(self.screen)
         self.child = pexpect.spawn(
-            sys.executable, ["-m", "jobctl", *args], env={**env, "TERM": "xterm-256color"},
-            dimensions=(rows, cols), timeout=60,
+            sys.executable,
+            ["-m", "jobctl", *args],
+            env={**env, "TERM": "xterm-256color"},
+            dimensions=(rows, cols),
+            timeout=60,
         )
         self.screens: list[str] = []
 
@@ -150,7 +153,10 @@ def test_watch_in_a_terminal_and_through_a_pipe_while_workers_run(env, cli, term
     ids = [str(steady), str(failing), str(counting)]
     piped = subprocess.Popen(
         [sys.executable, "-m", "jobctl", "watch", *ids, "--interval", "0.2"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     term = terminal("watch", *ids, "--interval", "0.2")
     term.wait_for(lambda s: "pending 3" in s)
@@ -199,7 +205,10 @@ def test_without_ids_it_follows_jobs_submitted_while_it_runs(env) -> None:
     first = submit("first")
     proc = subprocess.Popen(
         [sys.executable, "-m", "jobctl", "watch", "--interval", "0.1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True)
@@ -225,7 +234,10 @@ def test_without_ids_it_follows_jobs_submitted_while_it_runs(env) -> None:
 def test_follow_keeps_waiting_until_ctrl_c(env) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "jobctl", "watch", "--follow", "--interval", "0.1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     lines: list[str] = []
     errors: list[str] = []
@@ -251,7 +263,10 @@ def test_list_watch_redraws_the_table_and_highlights_changed_rows(env, terminal)
     first, second = submit("one"), submit("two")
     piped = subprocess.Popen(
         [sys.executable, "-m", "jobctl", "list", "--watch"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(piped.stdout or []), daemon=True).start()
@@ -271,8 +286,10 @@ def test_list_watch_redraws_the_table_and_highlights_changed_rows(env, terminal)
     piped.send_signal(signal.SIGINT)
     assert piped.wait(30) == 130
     assert lines[0].split() == ["ID", "NAME", "TASK", "STATUS", "PROGRESS", "CREATED", "DURATION"]
-    assert [line.split()[:4] for line in lines[1:3]] == [[str(second), "two", "noop", "pending"],
-                                                         [str(first), "one", "noop", "pending"]]
+    assert [line.split()[:4] for line in lines[1:3]] == [
+        [str(second), "two", "noop", "pending"],
+        [str(first), "one", "noop", "pending"],
+    ]
     assert re.fullmatch(rf'{CLOCK} job {first} "one" pending → cancelled\n', lines[3])
     assert len(lines) == 4 and "\x1b" not in "".join(lines)
     assert store.get_job(second).status == "pending"  # type: ignore[union-attr]

@@ -24,8 +24,14 @@ NAME_WIDTH = 24
 def summary_line(c: Counts, hidden: str = "") -> Text:
     """The summary line, coloured, with a note of rows not shown."""
     text = Text.assemble(
-        (f"running {c.running}", "cyan"), " · ", (f"pending {c.pending}", "yellow"), " · ",
-        (f"done {c.completed}", "green"), " · ", (f"failed {c.failed}", "red"), " · ",
+        (f"running {c.running}", "cyan"),
+        " · ",
+        (f"pending {c.pending}", "yellow"),
+        " · ",
+        (f"done {c.completed}", "green"),
+        " · ",
+        (f"failed {c.failed}", "red"),
+        " · ",
         (f"cancelled {c.cancelled}", "magenta"),
         no_wrap=True,
         overflow="ellipsis",
@@ -102,16 +108,18 @@ def watch_lines(rows: Sequence[WatchedJob], width: int) -> list[Text]:
         eta = row.eta(now)
         name = Text(one_line(row.job.name))
         name.truncate(NAME_WIDTH, overflow="ellipsis")
-        cells.append([
-            Text(str(row.id)),
-            name,
-            bar_text(row, bar_width, clock),
-            Text(steps),
-            Text(f"{pct:.0f}%" if pct is not None else ""),
-            Text(duration(row.elapsed(now)) if row.job.started_at else "-"),
-            Text("" if row.terminal else duration(eta) if eta is not None else "-"),
-            info_text(row),
-        ])
+        cells.append(
+            [
+                Text(str(row.id)),
+                name,
+                bar_text(row, bar_width, clock),
+                Text(steps),
+                Text(f"{pct:.0f}%" if pct is not None else ""),
+                Text(duration(row.elapsed(now)) if row.job.started_at else "-"),
+                Text("" if row.terminal else duration(eta) if eta is not None else "-"),
+                info_text(row),
+            ]
+        )
     widths = [max([len(title), *(c[i].cell_len for c in cells)]) for i, title in enumerate(COLUMNS)]
     lines = []
     for values in [[Text(title, style="bold") for title in COLUMNS], *cells]:
@@ -144,9 +152,17 @@ def watch_view(watcher: Watcher, width: int, height: int) -> RenderableType:
         left = Counts()
         for row in ordered[room - 1 :]:
             left.add(row.status)
-        parts = [f"{n} {label}" for n, label in (
-            (left.running, "running"), (left.pending, "pending"), (left.completed, "done"),
-            (left.failed, "failed"), (left.cancelled, "cancelled")) if n]
+        parts = [
+            f"{n} {label}"
+            for n, label in (
+                (left.running, "running"),
+                (left.pending, "pending"),
+                (left.completed, "done"),
+                (left.failed, "failed"),
+                (left.cancelled, "cancelled"),
+            )
+            if n
+        ]
         hidden = f"+{len(rows) - len(shown)} not shown ({', '.join(parts)})"
     else:
         shown = rows
