@@ -54,6 +54,13 @@ if not HAVE_POSTGRES:
     SKIPPED_BACKENDS.append(f"PostgreSQL at {POSTGRES_ADMIN_URL} (PostgreSQL-backed tests skipped)")
 
 
+# Run in the background from a shell (`pytest &`), this process starts with SIGINT ignored, and the
+# commands the tests start would inherit that: the Ctrl-C tests could not stop them. A handler, unlike
+# SIG_IGN, is not inherited across exec.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     if IN_CI and SKIPPED_BACKENDS:
         pytest.exit("CI=true but these servers do not answer: " + "; ".join(SKIPPED_BACKENDS), returncode=4)
