@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.harness import backends, bench_parser, environment, jobctl, median
+from bench.harness import environment, jobctl, median, run_each_backend
 
 PLAIN_LOOP = """
 import sys
@@ -67,12 +67,7 @@ def measure(kind: str, jobs: int, rounds: int) -> None:
 
 
 def main() -> None:
-    parser = bench_parser(__doc__)
-    parser.add_argument("--jobs", type=int, default=10_000)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    for kind in backends(args.backend):
-        measure(kind, args.jobs, args.rounds)
+    run_each_backend(__doc__, measure, jobs=10_000, rounds=3)
 
 
 if __name__ == "__main__":

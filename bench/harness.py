@@ -138,6 +138,17 @@ def bench_parser(doc: str | None) -> argparse.ArgumentParser:
     return parser
 
 
+def run_each_backend(doc: str | None, measure: Callable[..., None], **counts: int) -> None:
+    """A benchmark's `main`: parse --backend and an integer option per `counts` (name=default), then
+    call `measure(kind, *counts)` for each store chosen."""
+    parser = bench_parser(doc)
+    for name, default in counts.items():
+        parser.add_argument(f"--{name}", type=int, default=default)
+    args = parser.parse_args()
+    for kind in backends(args.backend):
+        measure(kind, *(getattr(args, name) for name in counts))
+
+
 def backends(choice: str) -> tuple[str, ...]:
     """The stores a `--backend` choice stands for."""
     return ("sqlite", "postgres") if choice == "both" else (choice,)

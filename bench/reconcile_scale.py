@@ -16,7 +16,7 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 
-from bench.harness import backends, bench_parser, environment, median
+from bench.harness import environment, median, run_each_backend
 
 
 def measure(kind: str, rows: int, runs: int) -> None:
@@ -44,12 +44,7 @@ def measure(kind: str, rows: int, runs: int) -> None:
 
 
 def main() -> None:
-    parser = bench_parser(__doc__)
-    parser.add_argument("--rows", type=int, default=50_000)
-    parser.add_argument("--runs", type=int, default=5)
-    args = parser.parse_args()
-    for kind in backends(args.backend):
-        measure(kind, args.rows, args.runs)
+    run_each_backend(__doc__, measure, rows=50_000, runs=5)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from bench.harness import backends, bench_parser, environment, median
+from bench.harness import environment, median, run_each_backend
 
 WRAPPER = r"""
 import atexit, resource, sys
@@ -80,12 +80,7 @@ def measure(kind: str, jobs: int, rounds: int) -> None:
 
 
 def main() -> None:
-    parser = bench_parser(__doc__)
-    parser.add_argument("--jobs", type=int, default=500)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    for kind in backends(args.backend):
-        measure(kind, args.jobs, args.rounds)
+    run_each_backend(__doc__, measure, jobs=500, rounds=3)
 
 
 if __name__ == "__main__":
