@@ -126,6 +126,14 @@ def postgres_available() -> bool:
     return True
 
 
+def _runuser() -> str:
+    """runuser, also when the PATH leaves out the sbin directories (root runs the server as postgres)."""
+    found = shutil.which("runuser", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]))
+    if found is None:
+        raise RuntimeError("runuser not found: needed to run PostgreSQL as root")
+    return found
+
+
 class PostgresServer:
     """A PostgreSQL cluster of our own (initdb in a temporary directory), stopped and started at will."""
 
@@ -143,7 +151,7 @@ class PostgresServer:
         self._initdb()
 
     def _run(self, args: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        cmd = (["runuser", "-u", "postgres", "--"] if self.as_postgres else []) + args
+        cmd = ([_runuser(), "-u", "postgres", "--"] if self.as_postgres else []) + args
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=self.dir, check=False)
 
     def _initdb(self) -> None:
