@@ -99,8 +99,9 @@ def describe_error(exc: BaseException) -> str:
 
 class _Attendant:
     """One thread beside a running attempt: keeps its heartbeat fresh (see liveness.py) and, while the
-    task runs, applies its time limits (timeouts.Deadlines) and polls for a cancel request; on one it
-    signals the task, then kills the work-horse after the grace period.
+    task runs, applies its time limits (timeouts.Deadlines), starts streaming its output once it has
+    run a moment (logs.LogCapture.start_reader) and polls for a cancel request; on one it signals the
+    task, then kills the work-horse after the grace period.
 
     Told everything first (`begin`, `watch_cancel`, `keep_deadlines`), then started once (`start`): its
     first look is due a poll interval later, so a short job's attendant never wakes before it ends. A
