@@ -24,7 +24,10 @@ import sqlalchemy as sa
 STREAM_KEY = "jobctl:log:{}"
 LINE_MAX = 64 * 1024  # longer lines are split
 FLUSH_INTERVAL = 0.1  # seconds between two writes of new lines to Redis
-STREAM_AFTER = 0.2  # a task's output is streamed from this many seconds on (sooner ends read it once)
+# A task's output is streamed from this many seconds on; one that ends sooner has it read once, at its
+# end. No longer than the stream's own batching, so an attempt killed outright loses, as before, at
+# most about its last tenth of a second of output.
+STREAM_AFTER = FLUSH_INTERVAL
 PIPE_SIZE = 1 << 20  # what a task may print before its output is read (up to fs.pipe-max-size)
 STREAM_TTL = 86_400  # a stream outlives its attempt by a day when its tail could not be stored in SQL
 STREAM_TTL_STORED = 600  # ... and by ten minutes (for followers) when it was
