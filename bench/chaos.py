@@ -291,32 +291,39 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(seed)
 
     work = Path(tempfile.mkdtemp(prefix="jobctl-chaos-"))
-    redis_server = RedisServer().start()
-    pg = PostgresServer().start()
-    database_url = pg.create_database("chaos")
-    ledger = work / "ledger"
-    env = {
-        **os.environ,
-        "REDIS_URL": redis_server.url,
-        "DATABASE_URL": database_url,
-        "JOBCTL_DATA_DIR": str(work / "data"),
-        "JOBCTL_TASKS": "bench.chaos_tasks",
-        "JOBCTL_LOST_AFTER": str(args.lost_after),
-        "JOBCTL_RECONCILE_INTERVAL": str(args.reconcile_interval),
-        "JOBCTL_CANCEL_GRACE": "0.5",
-        "JOBCTL_CHAOS_LEDGER": str(ledger),
-        "PYTHONPATH": str(ROOT),
-        "PYTHONUNBUFFERED": "1",
-    }
-    os.environ.update(env)
-    from jobctl import schema, store
+    servers = contextlib.ExitStack()  # whatever started is stopped, also when the set-up fails
+    try:
+        redis_server = RedisServer().start()
+        servers.callback(redis_server.close)
+        pg = PostgresServer().start()
+        servers.callback(pg.close)
+        database_url = pg.create_database("chaos")
+        ledger = work / "ledger"
+        env = {
+            **os.environ,
+            "REDIS_URL": redis_server.url,
+            "DATABASE_URL": database_url,
+            "JOBCTL_DATA_DIR": str(work / "data"),
+            "JOBCTL_TASKS": "bench.chaos_tasks",
+            "JOBCTL_LOST_AFTER": str(args.lost_after),
+            "JOBCTL_RECONCILE_INTERVAL": str(args.reconcile_interval),
+            "JOBCTL_CANCEL_GRACE": "0.5",
+            "JOBCTL_CHAOS_LEDGER": str(ledger),
+            "PYTHONPATH": str(ROOT),
+            "PYTHONUNBUFFERED": "1",
+        }
+        os.environ.update(env)
+        from jobctl import schema, store
 
-    schema.upgrade_schema()
-    with store.begin() as conn:
-        conn.exec_driver_sql(AUDIT_SQL)
-    import redis
+        schema.upgrade_schema()
+        with store.begin() as conn:
+            conn.exec_driver_sql(AUDIT_SQL)
+        import redis
 
-    conn_r = redis.Redis.from_url(redis_server.url, socket_connect_timeout=2, socket_timeout=5)
+        conn_r = redis.Redis.from_url(redis_server.url, socket_connect_timeout=2, socket_timeout=5)
+    except BaseException:
+        servers.close()
+        raise
     workers = Workers(env, work)
     run = Run()
     try:
@@ -375,8 +382,7 @@ def main(argv: list[str] | None = None) -> int:
             report = check(run, store, conn_r, ledger, seed, args)
     finally:
         workers.stop_all()
-        redis_server.close()
-        pg.close()
+        servers.close()
     print_report(report, args.json)
     bad = ("lost", "stuck", "disagree", "cancelled_then_ran", "recorded_twice")
     if any(report[k] for k in bad):
