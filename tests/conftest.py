@@ -98,23 +98,36 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     pytest.fail("every Redis database 1-15 is claimed by another test run")
 
 
+@contextlib.contextmanager
+def postgres_database(prefix: str) -> Iterator[str]:
+    """A new PostgreSQL database on the test server (its name), dropped afterwards."""
+    import psycopg2
+
+    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    admin = psycopg2.connect(POSTGRES_ADMIN_URL)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+        yield name
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def postgres_database_url(name: str) -> str:
+    """The URL of database `name` on the test server."""
+    return POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A PostgreSQL database created for this test run and dropped after it."""
     if not HAVE_POSTGRES:
         pytest.skip("PostgreSQL server not available")
-    import psycopg2
-
-    name = f"jobctl_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    admin = psycopg2.connect(POSTGRES_ADMIN_URL)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
-    yield f"{base}/{name}"
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    admin.close()
+    with postgres_database("jobctl_test") as name:
+        yield postgres_database_url(name)
 
 
 def reset_caches() -> None:

@@ -7,7 +7,6 @@ import re
 import socket
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import HAVE_POSTGRES, POSTGRES_ADMIN_URL, wait_for
+from tests.conftest import HAVE_POSTGRES, POSTGRES_ADMIN_URL, postgres_database, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 JOBCTL_SERVICES = {"migrate", "worker", "dashboard"}
@@ -173,8 +172,6 @@ def stack(tmp_path: Path, background: Any) -> Iterator[dict[str, Any]]:
     binary = find_redis_server()
     if binary is None:
         pytest.skip("no redis-server binary")
-    import psycopg2
-
     services = compose()["services"]
     port = free_port()
     redis_cmd = [binary, *services["redis"]["command"][1:], "--port", str(port), "--bind", "127.0.0.1"]
@@ -183,41 +180,31 @@ def stack(tmp_path: Path, background: Any) -> Iterator[dict[str, Any]]:
     redis.wait_for_output("Ready to accept connections")
 
     admin = urlsplit(POSTGRES_ADMIN_URL)
-    database = f"jobctl_compose_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    conn = psycopg2.connect(POSTGRES_ADMIN_URL)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{database}"')
-
-    # the containers' names for the servers become this machine's; the database is this test's own
-    rewrites = {
-        "REDIS_HOST": "127.0.0.1",
-        "REDIS_PORT": str(port),
-        "POSTGRES_SERVER": admin.hostname or "127.0.0.1",
-        "POSTGRES_PORT": str(admin.port or 5432),
-        "POSTGRES_USER": admin.username or "postgres",
-        "POSTGRES_DB": database,
-    }
-    if admin.password:
-        rewrites["POSTGRES_PASSWORD"] = admin.password
-    base = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("JOBCTL_", "REDIS_", "POSTGRES_")) and k != "DATABASE_URL"
-    }
-    base["JOBCTL_DATA_DIR"] = str(tmp_path / "data")  # as the image's ENV does
-    base["PYTHONPATH"] = str(ROOT)  # this checkout's jobctl, as the image has it installed
-    envs = {}
-    for name in JOBCTL_SERVICES:
-        service_env = {k: str(v) for k, v in services[name]["environment"].items()}
-        assert service_env["REDIS_HOST"] == "redis" and service_env["POSTGRES_SERVER"] == "postgres"
-        envs[name] = {**base, **service_env, **rewrites}
-    try:
+    with postgres_database("jobctl_compose") as database:
+        # the containers' names for the servers become this machine's; the database is this test's own
+        rewrites = {
+            "REDIS_HOST": "127.0.0.1",
+            "REDIS_PORT": str(port),
+            "POSTGRES_SERVER": admin.hostname or "127.0.0.1",
+            "POSTGRES_PORT": str(admin.port or 5432),
+            "POSTGRES_USER": admin.username or "postgres",
+            "POSTGRES_DB": database,
+        }
+        if admin.password:
+            rewrites["POSTGRES_PASSWORD"] = admin.password
+        base = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("JOBCTL_", "REDIS_", "POSTGRES_")) and k != "DATABASE_URL"
+        }
+        base["JOBCTL_DATA_DIR"] = str(tmp_path / "data")  # as the image's ENV does
+        base["PYTHONPATH"] = str(ROOT)  # this checkout's jobctl, as the image has it installed
+        envs = {}
+        for name in JOBCTL_SERVICES:
+            service_env = {k: str(v) for k, v in services[name]["environment"].items()}
+            assert service_env["REDIS_HOST"] == "redis" and service_env["POSTGRES_SERVER"] == "postgres"
+            envs[name] = {**base, **service_env, **rewrites}
         yield {"services": services, "env": envs, "database": database, "cwd": tmp_path}
-    finally:
-        with conn.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        conn.close()
 
 
 def local(command: list[str]) -> list[str]:

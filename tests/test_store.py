@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from jobctl import lifecycle, listing, schema, store
 from jobctl.models import JobStatus
 from jobctl.queue import rq_job_id
-from tests.conftest import HAVE_POSTGRES, POSTGRES_ADMIN_URL
+from tests.conftest import HAVE_POSTGRES, POSTGRES_ADMIN_URL, postgres_database, postgres_database_url
 
 
 def new_job(name: str = "j") -> int:
@@ -114,14 +114,8 @@ def test_list_query_uses_an_index_for_status_filter(env, backend):
 @pytest.mark.skipif(not HAVE_POSTGRES, reason="PostgreSQL server not available")
 @pytest.mark.parametrize("backend", ["postgres"])
 def test_postgres_needs_db_upgrade_and_db_upgrade_creates_the_schema(run, backend):
-    import psycopg2
-
-    name = f"jobctl_fresh_{uuid.uuid4().hex[:8]}"
-    admin = psycopg2.connect(POSTGRES_ADMIN_URL)
-    admin.autocommit = True
-    admin.cursor().execute(f'CREATE DATABASE "{name}"')
-    url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    try:
+    with postgres_database("jobctl_fresh") as name:
+        url = postgres_database_url(name)
         out = run("list", DATABASE_URL=url)
         assert out.returncode == 4
         assert "has schema none, expected" in out.stderr and "jobctl db upgrade" in out.stderr
@@ -133,9 +127,6 @@ def test_postgres_needs_db_upgrade_and_db_upgrade_creates_the_schema(run, backen
         with engine.connect() as conn:
             assert conn.exec_driver_sql("SELECT count(*) FROM job").scalar() == 1
         engine.dispose()
-    finally:
-        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
@@ -262,17 +253,8 @@ def other_database(backend, tmp_path):
         return
     if not HAVE_POSTGRES:
         pytest.skip("PostgreSQL server not available")
-    import psycopg2
-
-    name = f"jobctl_old_{uuid.uuid4().hex[:8]}"
-    admin = psycopg2.connect(POSTGRES_ADMIN_URL)
-    admin.autocommit = True
-    admin.cursor().execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    finally:
-        admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    with postgres_database("jobctl_old") as name:
+        yield postgres_database_url(name)
 
 
 def test_a_0003_database_is_upgraded_to_the_list_indexes_and_keeps_its_jobs(run, backend, other_database):
