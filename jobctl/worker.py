@@ -277,8 +277,6 @@ class JobctlWorker(Worker):
             self.handle_work_horse_killed(job, None, status, None)
 
     def handle_work_horse_killed(self, job: Any, retpid: Any, ret_val: Any, rusage: Any) -> None:
-        from . import reconcile
-
         reason = "the job's process died"
         if ret_val and os.WIFSIGNALED(ret_val):
             try:
@@ -289,12 +287,7 @@ class JobctlWorker(Worker):
             elapsed = (now() - job.started_at).total_seconds()
             if elapsed >= job.timeout:
                 reason = f"timed out after {job.timeout} s: the job's process did not stop and was killed"
-        try:
-            # An outcome the horse sent before it died is the job's own.
-            if self._handoff is None or not self._handoff.settle():
-                reconcile.settle_attempt(job.id, reason)
-        except Exception as exc:  # database down: reconciliation records it from RQ's failure later
-            self.log.warning("job %s: could not record its death (%s)", job.id, exc)
+        self._settle_lost(job.id, reason)
         with contextlib.suppress(*REDIS_DOWN):
             super().handle_work_horse_killed(job, retpid, ret_val, rusage)
 
@@ -304,20 +297,20 @@ class JobctlWorker(Worker):
             super().request_force_stop(signum, frame)
         except SystemExit:
             if current:
-                self._settle_stopped(current)
+                self._settle_lost(current, "the worker was stopped before the job finished (cold shutdown)")
             raise
 
-    def _settle_stopped(self, task_id: str) -> None:
-        """A cold shutdown took the running job down: record the outcome it sent if it finished in
-        time, else fail the attempt (or retry it, if it has retries left) like any lost attempt."""
+    def _settle_lost(self, task_id: str, reason: str) -> None:
+        """The running attempt's process is gone (killed, or taken down by a cold shutdown): record the
+        outcome it sent before, which is the job's own, else fail the attempt for `reason` (or retry it,
+        if it has retries left) like any lost attempt."""
         from . import reconcile
 
-        reason = "the worker was stopped before the job finished (cold shutdown)"
         try:
             if self._handoff is None or not self._handoff.settle():
                 reconcile.settle_attempt(task_id, reason)
-        except Exception as exc:  # the reconciler finds the job once the heartbeats expire
-            self.log.warning("job %s: could not record the cold shutdown (%s)", task_id, exc)
+        except Exception as exc:  # database down: a later reconciliation pass settles the attempt
+            self.log.warning("job %s: could not record that its process is gone (%s)", task_id, exc)
 
 
 class InProcessWorker(JobctlWorker):
