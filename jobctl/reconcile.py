@@ -112,16 +112,16 @@ def settle_attempt(task_id: str, reason: str) -> str:
     if parsed is None:
         return ""
     job_id, attempt = parsed
-    job = _running(job_id, attempt)
-    return settle_failure(job, attempt, reason) if job else ""
+    return _settle_running(job_id, attempt, reason)
 
 
-def _running(job_id: int, attempt: int) -> Job | None:
-    """The whole row, read now, if it is still running `attempt`; else None (it moved on)."""
+def _settle_running(job_id: int, attempt: int, error: str, progress: dict[str, Any] | None = None) -> str:
+    """`settle_failure` for the row as it is now, if it is still running `attempt` ("" if it moved on);
+    its own progress is kept unless `progress` is given."""
     job = store.get_job(job_id)
     if job is None or job.status != JobStatus.PROCESSING.value or job.attempts != attempt:
-        return None
-    return job
+        return ""
+    return settle_failure(job, attempt, error, progress=progress if progress is not None else job.progress)
 
 
 def _rq_error(outcome: registries.Outcome) -> str:
@@ -229,8 +229,7 @@ class _Pass:
         reason = f"worker lost: {who} stopped responding while running this job (no heartbeat)"
         if proven_gone:
             reason = f"worker lost: the process running this job on {who} is gone"
-        job = _running(row.id, row.attempts)
-        settled = settle_failure(job, row.attempts, reason, progress=job.progress) if job else ""
+        settled = _settle_running(row.id, row.attempts, reason)
         if settled:
             self.report.lost.append(row.id)
             log.warning("job %s attempt %s: %s; %s", row.id, row.attempts, reason, settled)
@@ -252,9 +251,7 @@ class _Pass:
             )
             settled = "completed" if done else ""
         else:
-            job = _running(row.id, row.attempts)
-            error = _rq_error(outcome)
-            settled = settle_failure(job, row.attempts, error, progress=outcome.progress) if job else ""
+            settled = _settle_running(row.id, row.attempts, _rq_error(outcome), progress=outcome.progress)
         if settled:
             self.report.finalized.append(row.id)
             log.warning(
