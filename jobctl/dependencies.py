@@ -192,7 +192,7 @@ def _statuses(ids: Iterable[int]) -> dict[int, str]:
 
 @functools.cache
 def _dependents_statement() -> Any:
-    """Built once: every finished job runs it."""
+    """Built once: for jobs whose end is not recorded with a worker's next claim."""
     ended: sa.BindParameter[list[int]] = sa.bindparam("ended", expanding=True)
     return sa.select(EDGE.c.job_id).where(EDGE.c.depends_on_id.in_(ended)).distinct()
 
@@ -206,9 +206,22 @@ def _dependents(ended: Iterable[int]) -> list[int]:
     return [r.job_id for r in rows]
 
 
+@functools.cache
+def _waiting_statement() -> Any:
+    return sa.select(EDGE.c.job_id).where(EDGE.c.depends_on_id == sa.bindparam("ended")).distinct()
+
+
+def dependents_of(conn: Connection, job_id: int) -> list[int]:
+    """The jobs waiting for `job_id`, read in the caller's transaction (a worker's, as it records
+    the job's end: no connection of its own for the one query every finished job runs)."""
+    return list(conn.execute(_waiting_statement(), {"ended": job_id}).scalars())
+
+
 def warm_up() -> None:
-    """Compile the query each finished job runs, before a worker forks its work-horses."""
+    """Compile the queries finished jobs run, before a worker forks its work-horses."""
     _dependents([0])
+    with store.get_engine().connect() as conn:
+        dependents_of(conn, 0)
 
 
 @store.guarded

@@ -127,12 +127,16 @@ def record(job: Job, attempt: int, outcome: Outcome) -> None:
         _release_dependents(job.id)
 
 
-def _release_dependents(job_id: int) -> None:
-    """Start or cancel the jobs waiting for this one (best effort: workers sweep for any missed)."""
+def _release_dependents(job_id: int, waiting: list[int] | None = None) -> None:
+    """Start or cancel the jobs waiting for this one (`waiting`, if already read); best effort:
+    workers sweep for any missed."""
     from . import dependencies
 
     try:
-        dependencies.after_end([job_id], own_waits=False)  # it ran: it was not waiting
+        if waiting is None:
+            dependencies.after_end([job_id], own_waits=False)  # it ran: it was not waiting
+        else:
+            dependencies.resolve(waiting)
     except Exception as exc:
         log.warning("job %s: could not resolve the jobs waiting for it (%s)", job_id, exc)
 
@@ -165,10 +169,12 @@ class Handoff:
                 self.job = lifecycle.claim(self.job_id, self.attempt, self.worker)
             else:
                 assert after is not None
-                done, self.job = lifecycle.finish_then_claim(finished, self.job_id, self.attempt, self.worker)
+                waiting, self.job = lifecycle.finish_then_claim(
+                    finished, self.job_id, self.attempt, self.worker
+                )
                 after.recorded = True
-                if done:
-                    _release_dependents(after.job_id)
+                if waiting:
+                    _release_dependents(after.job_id, waiting)
         except BackendError as exc:
             if after is not None:
                 after.settle()  # retried while the database is away

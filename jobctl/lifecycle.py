@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from .models import Job, JobStatus, utcnow
-from .store import JOB, begin, guarded, job_from_values, row_to_job
+from .store import JOB, begin, guarded, job_factory, row_to_job
 
 
 # The two writes every attempt makes, built once: only their parameters change.
@@ -106,14 +106,17 @@ def finish(
 @guarded
 def finish_then_claim(
     finished: tuple[int, int, JobStatus, dict[str, Any]], job_id: int, attempt: int, worker: str | None
-) -> tuple[bool, Job | None]:
+) -> tuple[list[int] | None, Job | None]:
     """One transaction (one commit) for a worker going from one job to the next: record the outcome
     of the attempt `finished` names (job id, attempt, status, `finish`'s keywords), then claim the
-    next. Returns what `finish` and `claim` would."""
+    next. Returns the jobs waiting for the finished one (None if its row had moved on, as `finish`
+    returns False) and what `claim` would."""
+    from .dependencies import dependents_of
+
     done_id, done_attempt, status, outcome = finished
     with begin() as conn:
         done = _finish(conn, done_id, done_attempt, status, outcome)
-        return done, _claim(conn, job_id, attempt, worker)
+        return dependents_of(conn, done_id) if done else None, _claim(conn, job_id, attempt, worker)
 
 
 @guarded
@@ -156,8 +159,7 @@ def _attempt_errors(conn: Connection, job_id: int, attempt: int, error: str) -> 
 
 
 def warm_up() -> None:
-    """Compile what a job's process runs and build the row validator, before a worker forks."""
+    """Compile what a job's process runs and set up the row reader, before a worker forks."""
     claim(0, 1, None)
     finish(0, 1, JobStatus.COMPLETED, result=None)
-    now = utcnow()
-    job_from_values(Job(name="", task="", queue="", created_at=now, updated_at=now).model_dump())
+    job_factory()

@@ -12,6 +12,8 @@ from typing import Any, NamedTuple, ParamSpec, TypeVar
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import configure_mappers
+from sqlalchemy.orm.instrumentation import manager_of_class
 
 from .config import get_settings, mask_url
 from .errors import BackendError
@@ -150,8 +152,18 @@ def begin() -> Iterator[Connection]:
             yield conn
 
 
+@functools.cache
+def job_factory() -> Callable[[], Job]:
+    configure_mappers()  # as the ORM does before it loads its first row
+    return manager_of_class(Job).new_instance
+
+
 def row_to_job(row: sa.Row[Any]) -> Job:
-    return job_from_values(dict(row._mapping))
+    """A Job from a full row of the job table, made as the ORM makes a loaded row: the database's
+    values are taken as they are (validating them costs 30 times as much)."""
+    job = job_factory()()
+    job.__dict__.update(row._mapping)
+    return job
 
 
 def job_from_values(values: dict[str, Any]) -> Job:

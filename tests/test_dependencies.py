@@ -65,6 +65,23 @@ def test_chains_run_in_order_and_failures_cancel_their_dependents(cli, start_wor
     assert ended(cli, after_done)[after_done]["status"] == "completed"
 
 
+def test_a_job_recorded_as_its_worker_claims_the_next_releases_its_dependents(cli, start_worker) -> None:
+    """A worker records a job's end in the transaction that claims its next job; the jobs waiting
+    for the ended one are released or cancelled from there, before a burst worker runs out of work."""
+    good = submit(cli, "good", "-t", "noop")
+    bad = submit(cli, "bad", "-t", "boom", "-a", "message=no")
+    filler = [submit(cli, f"filler {i}", "-t", "noop") for i in range(2)]
+    after_good = submit(cli, "after good", "-t", "noop", "--after", str(good))
+    after_bad = submit(cli, "after bad", "-t", "noop", "--after", str(bad))
+    worker = start_worker("--burst", wait=False)
+    assert worker.proc.wait(60) == 0
+    rows = {i: show(cli, i) for i in (good, bad, *filler, after_good, after_bad)}
+    assert [rows[i]["status"] for i in (good, *filler, after_good)] == ["completed"] * 4
+    assert at(rows[after_good], "started_at") >= at(rows[good], "completed_at")
+    assert rows[after_bad]["status"] == "cancelled"
+    assert rows[after_bad]["error"] == f"cancelled: dependency {bad} failed"
+
+
 def test_cancelling_a_dependency_or_a_waiting_job(cli, start_worker) -> None:
     start_worker(wait=False)
     slow = submit(cli, "slow", "-t", "sleep", "-a", "seconds=30")

@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from jobctl import lifecycle, listing, schema, store
-from jobctl.models import JobStatus
+from jobctl.models import Job, JobStatus
 from jobctl.queue import rq_job_id
 from tests.conftest import HAVE_POSTGRES, POSTGRES_ADMIN_URL, postgres_database, postgres_database_url
 
@@ -92,6 +92,24 @@ def test_values_round_trip_exactly(env):
     )
     row = store.get_job(job.id)
     assert row.name == name and row.description == "d\r\n" and row.args == {"nested": {"a": [1, 2.5, None]}}
+
+
+def test_a_row_read_back_is_the_job_validation_would_build(env):
+    """Rows are turned into Jobs without validation: every field, type and value must still be what
+    validating the same values gives, and the Job must behave like one built by hand."""
+    job_id = new_job("read back")
+    lifecycle.claim(job_id, 1, "w")
+    lifecycle.finish(job_id, 1, JobStatus.FAILED, error="boom", progress={"done": 2, "total": 4})
+    with store.get_engine().connect() as conn:
+        row = conn.execute(sa.select(store.JOB).where(store.JOB.c.id == job_id)).one()
+    fast, validated = store.row_to_job(row), Job.model_validate(dict(row._mapping))
+    assert fast.model_dump() == validated.model_dump()
+    assert {k: type(v) for k, v in vars(fast).items() if not k.startswith("_")} == {
+        k: type(v) for k, v in vars(validated).items() if not k.startswith("_")
+    }
+    assert fast.to_public() == validated.to_public() and fast.job_status is JobStatus.FAILED
+    fast.attempts = 5  # a plain object: changing it touches nothing stored
+    assert store.get_job(job_id).attempts == 1
 
 
 def test_list_query_uses_an_index_for_status_filter(env, backend):
