@@ -13,7 +13,7 @@ from .config import get_settings, mask_url
 from .errors import BackendError
 from .store import backend_error, make_engine
 
-HEAD_REVISION = "0006"
+HEAD_REVISION = "0007"
 
 
 def ensure_schema(engine: Engine, url: str) -> None:

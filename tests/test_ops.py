@@ -182,6 +182,12 @@ def test_name_search_through_the_index_finds_what_a_full_scan_finds(env, backend
     ids = {job.name: job.id for job in jobs}
     patterns = ["*backup*", "*BACKUP 1", "*école*", "*cole r*", "*99_9", "report 9?99", "*ill*", "fi*", "*9*"]
     patterns += ['*"hi" and*', "*hi and*"]  # not FTS5 query syntax: all literal
+    patterns += [
+        "NIGHTLY*",
+        "école*",
+        "ÉCOLE r?n",
+        "say*AND now",
+    ]  # a literal first: PostgreSQL's prefix index
 
     def found(pattern: str, **filters: Any) -> list[int]:
         filters = {"limit": 1000, **filters}
@@ -209,16 +215,19 @@ def test_name_search_through_the_index_finds_what_a_full_scan_finds(env, backend
             used = {p for p in patterns if listing._sqlite_name_phrases(conn, ops.glob_to_like(p))}
     phrases = listing._sqlite_name_phrases
     monkeypatch.setattr(listing, "_sqlite_name_phrases", lambda *args: None)
+    monkeypatch.setattr(listing, "_name_matches", lambda like, _: store.JOB.c.name.ilike(like, escape="\\"))
     assert through_index == {p: found(p) for p in patterns}
     assert filtered == with_filters()
     assert through_index["*backup*"] == [ids["nightly backup 2"], ids["Nightly BACKUP 1"]]
     assert through_index["*99_9"] == [ids["report 99_9"]]  # _ is literal
     assert through_index["report 9?99"] == [ids["report 9999"]]
     assert ids["école run"] in through_index["*école*"]
+    assert through_index["NIGHTLY*"] == [ids["nightly backup 2"], ids["Nightly BACKUP 1"]]
+    assert through_index["say*AND now"] == [ids["say hi and now"], ids['say "hi" AND now']]
     # SQLite looks names up in its trigram index (migration 0006) for patterns with three letters in a
     # row; PostgreSQL's planner uses its own (0005) by itself.
     expected = {"*backup*", "*BACKUP 1", "*école*", "*cole r*", "*ill*", "report 9?99"}
-    expected |= {'*"hi" and*', "*hi and*"}
+    expected |= {'*"hi" and*', "*hi and*", "NIGHTLY*", "école*", "ÉCOLE r?n", "say*AND now"}
     assert through_index['*"hi" and*'] == [ids['say "hi" AND now']]
     assert through_index["*hi and*"] == [ids["say hi and now"]]
     assert used == (expected if backend == "sqlite" else set())

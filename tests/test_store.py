@@ -303,10 +303,15 @@ def test_a_0003_database_is_upgraded_to_the_list_indexes_and_keeps_its_jobs(run,
     try:
         assert schema.current_revision(engine) == schema.HEAD_REVISION
         indexes = {i["name"]: i["column_names"] for i in sa.inspect(engine).get_indexes("job")}
-        plan = ""
+        plan = prefix_plan = ""
         if backend == "postgres":
             with engine.connect() as conn:
-                conn.exec_driver_sql("SET enable_seqscan = off")  # three rows: show the index can serve it
+                conn.exec_driver_sql(
+                    "SET enable_seqscan = off"
+                )  # three rows: show the indexes can serve them
+                prefix = "EXPLAIN SELECT id FROM job WHERE lower(name) LIKE lower('OLD%%')"
+                prefix_plan = "\n".join(r[0] for r in conn.exec_driver_sql(prefix))
+                conn.exec_driver_sql("SET enable_indexonlyscan = off")  # the prefix index holds names too
                 query = "EXPLAIN SELECT id FROM job WHERE name ILIKE '%%ld 1%%'"
                 plan = "\n".join(r[0] for r in conn.exec_driver_sql(query))
         else:
@@ -320,8 +325,10 @@ def test_a_0003_database_is_upgraded_to_the_list_indexes_and_keeps_its_jobs(run,
     assert not {"ix_job_status_id", "ix_job_task_id_order", "ix_job_queue_id"} & set(indexes)
     # 0005: `list --name` searches through a trigram index on PostgreSQL
     assert ("ix_job_name_trigram" in indexes) == (backend == "postgres")
+    assert ("ix_job_name_prefix" in indexes) == (backend == "postgres")  # 0007
     if backend == "postgres":
         assert "ix_job_name_trigram" in plan, plan
+        assert "ix_job_name_prefix" in prefix_plan and "Index Cond" in prefix_plan, prefix_plan
     else:  # 0006: on SQLite, a trigram full-text index holding the rows stored before it
         assert plan == "[2]", plan
     out = run("list", "--name", "*ld 1", "-o", "ids", DATABASE_URL=other_database)
