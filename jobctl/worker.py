@@ -291,6 +291,18 @@ class JobctlWorker(Worker):
         with contextlib.suppress(*REDIS_DOWN):
             super().handle_work_horse_killed(job, retpid, ret_val, rusage)
 
+    def _shutdown(self) -> None:
+        # RQ stops at once, by raising StopRequested wherever the worker is, unless it is busy with a
+        # job. From taking a job off the queue to starting it, the worker claims its row: stopping there
+        # would leave the row running until reconciliation. The job is run first, as a started one is.
+        if self.jobctl_current is not None and self.get_state() != WorkerStatus.BUSY:
+            self._stop_requested = True
+            self.set_shutdown_requested_date()
+            if self.scheduler:
+                self.stop_scheduler()
+            return
+        super()._shutdown()
+
     def request_force_stop(self, signum: int, frame: Any) -> None:
         current = self.jobctl_current if self.horse_pid or not self.forks else None
         try:

@@ -322,6 +322,36 @@ def test_a_job_stopped_by_a_cold_shutdown_is_retried_if_retries_remain(cli, star
     cli("cancel", str(job_id))  # the second attempt would sleep 30 s
 
 
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)  # holds the row's lock so the claim waits
+def test_a_stop_requested_while_the_worker_claims_a_job_lets_the_job_run_first(cli, start_worker, backend):
+    """RQ stops an idle worker at once (an exception raised wherever it is); between taking a job off
+    the queue and starting it, the worker claims the job's row, and a warm shutdown there must not
+    leave that job unrun."""
+    import sqlalchemy as sa
+
+    from jobctl import store
+
+    worker = start_worker()
+    job_id = submit(cli, "held", "-t", "noop", "--in", "1s")
+    waiting = sa.text(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND wait_event_type = 'Lock' AND query LIKE 'UPDATE job %'"
+    )
+
+    def claim_waits() -> bool:
+        with store.get_engine().connect() as watcher:  # a new transaction: a fresh view of the sessions
+            return bool(watcher.execute(waiting).scalar())
+
+    with store.begin() as conn:
+        conn.execute(sa.select(store.JOB.c.id).where(store.JOB.c.id == job_id).with_for_update())
+        wait_for(claim_waits, 30)  # the worker has taken the job off the queue; its claim waits for the lock
+        worker.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+    assert worker.proc.wait(30) == 0
+    done = show(cli, job_id)
+    assert done["status"] == "completed" and done["attempts"] == 1, done
+
+
 @pytest.mark.parametrize("concurrency", ["2"])
 def test_worker_pool_runs_jobs_in_parallel_processes(cli, start_worker, concurrency):
     start_worker("-c", concurrency)
