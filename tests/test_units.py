@@ -164,3 +164,42 @@ def test_rq_job_ids_round_trip():
     assert parse_rq_job_id(rq_job_id(12, 3)) == (12, 3)
     assert parse_rq_job_id("something-else") is None
     assert parse_rq_job_id("jobctl-x-1") is None
+
+
+@pytest.mark.parametrize("width", [1000, 120, 100, 80, 60])
+def test_the_list_table_looks_as_rich_would_lay_it_out(width):
+    """`list` writes its table itself where it fits (rich's Table is slow to lay out hundreds of
+    rows): character for character and style for style what the Table shows, at any width."""
+    import io
+
+    from rich.console import Console
+    from rich.text import Text
+
+    from jobctl.cli.render import JOB_COLUMNS, NAME_WIDTH, Rows, status_text
+
+    def styled_lines(console: Console, renderable: object) -> list[list[tuple[str, object]]]:
+        lines = []
+        for line in console.render_lines(renderable, pad=False):
+            chars = [(ch, seg.style or None) for seg in line for ch in seg.text]
+            while chars and chars[-1] == (" ", None):
+                chars.pop()
+            lines.append(chars)
+        return lines
+
+    names = ["short", "x" * 40, "z" * 41, "日本語の名前" * 8, "emoji 👩‍👩‍👧 name", "a日" * 30, ""]
+    statuses = ["completed", "failed", "pending", "processing", "cancelled", "completed", "failed"]
+    times = [Text("3/10"), Text("5m ago"), Text("1.2s")]
+    rows = [
+        [Text(str(977 * i)), Text(name), Text("app.task"), status_text(status, "due in 5m" * (i % 2)), *times]
+        for i, (name, status) in enumerate(zip(names, statuses, strict=True))
+    ]
+    table = Rows(JOB_COLUMNS, rows, right=("ID", "PROGRESS"), max_widths={"NAME": NAME_WIDTH})
+    table.row_styles[2] = "reverse"
+    console = Console(file=io.StringIO(), width=width, force_terminal=True, color_system="truecolor")
+    written = styled_lines(console, table)
+    assert written == styled_lines(console, table.table())
+    if width == 1000:  # the third job: its long name cut to 40 cells, the row in reverse video
+        line = "".join(ch for ch, _ in written[3])
+        assert line.startswith("1954  " + "z" * 39 + "…  app.task  pending  ")
+        assert all(style is not None and style.reverse for _, style in written[3])
+    assert len(written) == 1 + len(rows)

@@ -177,7 +177,7 @@ def list_view(
     table = jobs_table(views[:room])
     for index, view in enumerate(views[:room]):
         if view.job.id in highlighted:
-            table.rows[index].style = "reverse"
+            table.row_styles[index] = "reverse"
     note = f"{len(views)} jobs" + (f", {len(views) - room} not shown" if len(views) > room else "")
     note += f" · every {interval:g}s · Ctrl-C to stop"
     return Group(table, Text(note, style="dim"))
