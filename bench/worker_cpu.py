@@ -8,6 +8,10 @@ and minor page faults and those of the work-horses it waited for. Per job, media
 worker's figures include its start-up. Throughput is CPU-bound here: the wall time per job is about
 the worker's and the work-horse's CPU added up, so this shows which side a difference comes from
 (bench/throughput.py gives the ratio itself).
+
+Then, per step of the worker's loop (taking a job off the queue, jobctl's claim, RQ's preparation, the
+fork, waiting for the work-horse): its CPU time and page faults per job, from one more run of each
+worker with those steps timed (the timing itself adds a little to both; rq has no claim).
 """
 
 from __future__ import annotations
@@ -27,7 +31,39 @@ def report():
           horses.ru_utime + horses.ru_stime, file=sys.stderr)
 
 atexit.register(report)  # in the worker only: a work-horse ends with os._exit
-kind, sys.argv = sys.argv[1], sys.argv[2:]
+kind, phases, sys.argv = sys.argv[1], sys.argv[2] == "steps", sys.argv[3:]
+if phases:
+    import time
+    from collections import defaultdict
+
+    from rq.worker import base, worker_classes
+
+    spent = defaultdict(lambda: [0, 0.0, 0])  # step: [calls, CPU seconds, page faults]
+
+    def timed(cls, name, step):
+        method = getattr(cls, name)
+
+        def wrapper(*args, **kwargs):
+            cpu, faults = time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            try:
+                return method(*args, **kwargs)
+            finally:
+                row = spent[step]
+                row[0] += 1
+                row[1] += time.process_time() - cpu
+                row[2] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+
+        setattr(cls, name, wrapper)
+
+    timed(base.BaseWorker, "dequeue_job_and_maintain_ttl", "dequeue")
+    timed(base.BaseWorker, "prepare_execution", "prepare")
+    timed(worker_classes.Worker, "fork_work_horse", "fork")
+    timed(worker_classes.Worker, "monitor_work_horse", "wait")
+    if kind == "jobctl":
+        from jobctl import handoff
+
+        timed(handoff.Handoff, "claim", "claim")
+    atexit.register(lambda: [print("STEP", k, *v, file=sys.stderr) for k, v in spent.items()])
 if kind == "jobctl":
     from jobctl.cli import main
 else:
@@ -36,12 +72,24 @@ main()
 """
 
 
-def run(kind: str, argv: list[str], env: dict[str, str], jobs: int) -> dict[str, float]:
+def run(kind: str, argv: list[str], env: dict[str, str], jobs: int, steps: bool = False) -> dict[str, float]:
     t0 = time.perf_counter()
+    mode = "steps" if steps else "whole"
     done = subprocess.run(
-        [sys.executable, "-c", WRAPPER, kind, *argv], env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-c", WRAPPER, kind, mode, *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     wall = time.perf_counter() - t0
+    if steps:  # per step: CPU ms and page faults per job
+        rows = [row.split() for row in done.stderr.splitlines() if row.startswith("STEP ")]
+        return {
+            f"{step} {unit}": float(value) / jobs * scale
+            for _, step, _calls, cpu, faults in rows
+            for unit, value, scale in (("CPU ms", cpu, 1000), ("faults", faults, 1))
+        }
     line = [row for row in done.stderr.splitlines() if row.startswith("RUSAGE ")][-1].split()
     own_faults, own_cpu, horse_faults, horse_cpu = int(line[1]), float(line[2]), int(line[3]), float(line[4])
     return {
@@ -77,6 +125,18 @@ def measure(kind: str, jobs: int, rounds: int) -> None:
         print("  " + " " * 8 + "".join(f"{key:>16}" for key in keys))
         for name, rows in results.items():
             print(f"  {name:8}" + "".join(f"{median([r[key] for r in rows]):16.2f}" for key in keys))
+        service.submit_jobs(
+            [service.JobRequest(name=f"n{i}", task="bench.noop", queue="bench") for i in range(jobs)]
+        )
+        plain_q.enqueue_many([Queue.prepare_data("bench.plain.noop") for _ in range(jobs)])
+        steps = {name: run(name, argv, env, jobs, steps=True) for name, argv in order}
+        print("  per step of the worker, one more run each (per job):")
+        print(f"    {'':10}{'jobctl CPU ms':>15}{'faults':>8}{'rq CPU ms':>12}{'faults':>8}")
+        for step in ("dequeue", "claim", "prepare", "fork", "wait"):
+            cpu = {name: steps[name].get(f"{step} CPU ms", 0.0) for name in steps}
+            faults = {name: steps[name].get(f"{step} faults", 0.0) for name in steps}
+            cells = f"{cpu['jobctl']:15.2f}{faults['jobctl']:8.0f}{cpu['rq']:12.2f}{faults['rq']:8.0f}"
+            print(f"    {step:10}{cells}")
 
 
 def main() -> None:
