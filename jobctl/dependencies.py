@@ -207,14 +207,14 @@ def _dependents(ended: Iterable[int]) -> list[int]:
 
 
 @functools.cache
-def _waiting_statement() -> Any:
+def _dependents_of_statement() -> Any:
     return sa.select(EDGE.c.job_id).where(EDGE.c.depends_on_id == sa.bindparam("ended")).distinct()
 
 
 def dependents_of(conn: Connection, job_id: int) -> list[int]:
     """The jobs waiting for `job_id`, read in the caller's transaction (a worker's, as it records
     the job's end: no connection of its own for the one query every finished job runs)."""
-    return list(conn.execute(_waiting_statement(), {"ended": job_id}).scalars())
+    return list(conn.execute(_dependents_of_statement(), {"ended": job_id}).scalars())
 
 
 def warm_up() -> None:
