@@ -106,9 +106,16 @@ def start(cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    """Stop a process this benchmark started, by its PID."""
+    """Stop a process this benchmark started, by its PID: SIGTERM, then, if it is still running 2 s
+    later, a second SIGTERM (a worker lets its running jobs finish after the first; the second stops
+    them and their work-horses, which run in sessions of their own), then SIGKILL."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(2)
+            return
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(20)
         except subprocess.TimeoutExpired:
