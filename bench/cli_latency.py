@@ -21,7 +21,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from bench.harness import ROOT, backends, bench_parser, environment, jobctl, median
+from bench.harness import ROOT, backends, bench_parser, environment, jobctl, median, rq
 
 
 def fill(rows: int) -> None:
@@ -89,7 +89,7 @@ def measure(kind: str, rows: int, runs: int, floor: bool = False) -> None:
             "submit": jobctl("submit", "x", "-t", "bench.noop"),
             **(floors(kind) if floor else {}),
         }
-        reference = ["rq", "info", "-u", env["REDIS_URL"]]
+        reference = rq("info", "-u", env["REDIS_URL"])
         results: dict[str, list[float]] = {name: [] for name in commands}
         ref: list[float] = []
         timed(reference, env)  # warm the page cache

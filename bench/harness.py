@@ -128,6 +128,12 @@ def jobctl(*args: str) -> list[str]:
     return [sys.executable, "-m", "jobctl", *args]
 
 
+def rq(*args: str) -> list[str]:
+    """The command line of `rq ARGS...`: the script installed beside this interpreter, if any."""
+    script = Path(sys.executable).with_name("rq")
+    return [str(script) if script.exists() else "rq", *args]
+
+
 def wait_until(predicate: Callable[..., object], timeout: float = 60, interval: float = 0.002) -> None:
     """Poll until `predicate()` is true."""
     deadline = time.monotonic() + timeout

@@ -19,6 +19,7 @@ from bench.harness import (
     jobctl,
     median,
     p95,
+    rq,
     start,
     stop,
     wait_until,
@@ -34,7 +35,7 @@ def measure(kind: str, jobs: int) -> None:
         conn = queue.get_redis()
         jobctl_worker = start(jobctl("worker", "-q", "bench"), env)
         rq_worker = start(
-            ["rq", "worker", "-u", env["REDIS_URL"], "-S", "rq.serializers.JSONSerializer", "plain"], env
+            rq("worker", "-u", env["REDIS_URL"], "-S", "rq.serializers.JSONSerializer", "plain"), env
         )
         wait_until(lambda: len(Worker.all(connection=conn)) >= 2, 30)
         time.sleep(1)

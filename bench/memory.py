@@ -20,7 +20,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from bench.harness import backends, bench_parser, environment, jobctl, start, stop, wait_until
+from bench.harness import backends, bench_parser, environment, jobctl, rq, start, stop, wait_until
 
 BATCH = 2000  # jobs per `submit --from` (and per enqueue_many) after the first sample
 QUEUE = "bench"
@@ -128,7 +128,7 @@ def measure_plain(env: dict[str, str], marks: list[int]) -> list[tuple[int, int]
     def done() -> int:
         return finished.get_job_count(cleanup=False) + failed.get_job_count(cleanup=False)
 
-    cmd = ["rq", "worker", "-u", env["REDIS_URL"], "-S", "rq.serializers.JSONSerializer", "plain"]
+    cmd = rq("worker", "-u", env["REDIS_URL"], "-S", "rq.serializers.JSONSerializer", "plain")
     worker = start(cmd, env)
     try:
         samples = run_samples(worker.pid, marks, feed, done, "rq worker")

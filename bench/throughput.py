@@ -14,7 +14,7 @@ from __future__ import annotations
 import subprocess
 import time
 
-from bench.harness import backends, bench_parser, environment, jobctl, median
+from bench.harness import backends, bench_parser, environment, jobctl, median, rq
 
 MODES = {
     # mode: (jobctl worker options, rq worker options)
@@ -39,7 +39,7 @@ def measure(kind: str, mode: str, jobs: int, rounds: int) -> None:
         conn = queue.get_redis()
         plain_q = Queue("plain", connection=conn, serializer=queue.serializer())
         ours_cmd = jobctl("worker", "--burst", "-q", "bench", *ours_opts)
-        plain_cmd = ["rq", "worker", "--burst", "-u", env["REDIS_URL"], "-S", "rq.serializers.JSONSerializer"]
+        plain_cmd = rq("worker", "--burst", "-u", env["REDIS_URL"], "-S", "rq.serializers.JSONSerializer")
         plain_cmd += [*plain_opts, "plain"]
         ours, plain = [], []
         for round_no in range(rounds):

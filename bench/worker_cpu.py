@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 
-from bench.harness import environment, median, run_each_backend
+from bench.harness import environment, median, rq, run_each_backend
 
 WRAPPER = r"""
 import atexit, resource, sys
@@ -109,7 +109,7 @@ def measure(kind: str, jobs: int, rounds: int) -> None:
 
         plain_q = Queue("plain", connection=queue.get_redis(), serializer=queue.serializer())
         ours_cmd = ["jobctl", "worker", "--burst", "-q", "bench"]
-        plain_cmd = ["rq", "worker", "--burst", "-u", env["REDIS_URL"], "-S", "rq.serializers.JSONSerializer"]
+        plain_cmd = rq("worker", "--burst", "-u", env["REDIS_URL"], "-S", "rq.serializers.JSONSerializer")
         plain_cmd.append("plain")
         results: dict[str, list[dict[str, float]]] = {"jobctl": [], "rq": []}
         for round_no in range(rounds):
