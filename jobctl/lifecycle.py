@@ -1,7 +1,8 @@
 """The writes that move one attempt through its row: the claim, the outcome, the requeue for a retry.
 
 Each is a compare-and-set on the row's status and attempt number, so a late or repeated writer never
-overwrites a newer state (terminal states are sticky).
+overwrites a newer state (terminal states are sticky). The claim and the outcome, which every job
+makes, run on the driver's cursor (driver.py).
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
 
+from .driver import Transaction, transaction
 from .models import Job, JobStatus, utcnow
 from .store import JOB, begin, guarded, job_factory, row_to_job
 
@@ -53,7 +54,12 @@ def _finish_statement(columns: tuple[str, ...]) -> Any:
     )
 
 
-def _claim(conn: Connection, job_id: int, attempt: int, worker: str | None) -> Job | None:
+@functools.cache
+def _attempt_errors_statement() -> Any:
+    return sa.select(JOB.c.attempt_errors).where(JOB.c.id == sa.bindparam("p_id"))
+
+
+def _claim(tx: Transaction, job_id: int, attempt: int, worker: str | None) -> Job | None:
     params = {
         "p_id": job_id,
         "p_previous": attempt - 1,
@@ -61,11 +67,11 @@ def _claim(conn: Connection, job_id: int, attempt: int, worker: str | None) -> J
         "p_worker": worker,
         "p_now": utcnow(),
     }
-    row = conn.execute(_claim_statement(), params).first()
-    return row_to_job(row) if row is not None else None
+    rows = tx.rows(_claim_statement(), params)
+    return row_to_job(rows[0]) if rows else None
 
 
-def _finish(conn: Connection, job_id: int, attempt: int, status: JobStatus, outcome: dict[str, Any]) -> bool:
+def _finish(tx: Transaction, job_id: int, attempt: int, status: JobStatus, outcome: dict[str, Any]) -> bool:
     """`outcome`: the result, error and progress to store (see `finish`)."""
     now = utcnow()
     error = outcome.get("error")
@@ -74,17 +80,16 @@ def _finish(conn: Connection, job_id: int, attempt: int, status: JobStatus, outc
     if outcome.get("progress") is not None:
         values["progress"] = outcome["progress"]
     if error is not None and status is JobStatus.FAILED:
-        values["attempt_errors"] = _attempt_errors(conn, job_id, attempt, error)
+        values["attempt_errors"] = _attempt_errors(tx, job_id, attempt, error)
     params = {f"p_{name}": value for name, value in values.items()}
-    done = conn.execute(_finish_statement(tuple(values)), {**params, "p_id": job_id, "p_attempt": attempt})
-    return done.rowcount == 1
+    return tx.execute(_finish_statement(tuple(values)), {**params, "p_id": job_id, "p_attempt": attempt}) == 1
 
 
 @guarded
 def claim(job_id: int, attempt: int, worker: str | None) -> Job | None:
     """Move a pending row to processing for `attempt`; None when the row is no longer pending for it."""
-    with begin() as conn:
-        return _claim(conn, job_id, attempt, worker)
+    with transaction() as tx:
+        return _claim(tx, job_id, attempt, worker)
 
 
 @guarded
@@ -99,8 +104,8 @@ def finish(
 ) -> bool:
     """Record the outcome of `attempt`; False if the row moved on (terminal states are sticky)."""
     outcome = {"result": result, "error": error, "progress": progress}
-    with begin() as conn:
-        return _finish(conn, job_id, attempt, status, outcome)
+    with transaction() as tx:
+        return _finish(tx, job_id, attempt, status, outcome)
 
 
 @guarded
@@ -114,9 +119,9 @@ def finish_then_claim(
     from .dependencies import dependents_of
 
     done_id, done_attempt, status, outcome = finished
-    with begin() as conn:
-        done = _finish(conn, done_id, done_attempt, status, outcome)
-        return dependents_of(conn, done_id) if done else None, _claim(conn, job_id, attempt, worker)
+    with transaction() as tx:
+        done = _finish(tx, done_id, done_attempt, status, outcome)
+        return dependents_of(tx, done_id) if done else None, _claim(tx, job_id, attempt, worker)
 
 
 @guarded
@@ -140,8 +145,11 @@ def requeue_after_failure(
     }
     if progress is not None:
         values["progress"] = progress
+    from .backoff import with_error
+
     with begin() as conn:
-        values["attempt_errors"] = _attempt_errors(conn, job_id, attempt, error)
+        existing = conn.execute(_attempt_errors_statement(), {"p_id": job_id}).scalar()
+        values["attempt_errors"] = with_error(existing, attempt, error)
         done = conn.execute(
             sa.update(JOB)
             .where(JOB.c.id == job_id, JOB.c.attempts == attempt, JOB.c.status == JobStatus.PROCESSING.value)
@@ -150,16 +158,17 @@ def requeue_after_failure(
     return done.rowcount == 1
 
 
-def _attempt_errors(conn: Connection, job_id: int, attempt: int, error: str) -> list[dict[str, Any]]:
+def _attempt_errors(tx: Transaction, job_id: int, attempt: int, error: str) -> list[dict[str, Any]]:
     """The row's attempt errors with `attempt`'s added (read in the writing transaction)."""
     from .backoff import with_error
 
-    existing = conn.execute(sa.select(JOB.c.attempt_errors).where(JOB.c.id == job_id)).scalar()
-    return with_error(existing, attempt, error)
+    rows = tx.rows(_attempt_errors_statement(), {"p_id": job_id})
+    return with_error(rows[0]["attempt_errors"] if rows else None, attempt, error)
 
 
 def warm_up() -> None:
     """Compile what a job's process runs and set up the row reader, before a worker forks."""
     claim(0, 1, None)
     finish(0, 1, JobStatus.COMPLETED, result=None)
+    finish(0, 1, JobStatus.FAILED, error="")  # and the attempt errors it reads
     job_factory()
