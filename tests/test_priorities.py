@@ -20,7 +20,10 @@ def test_priority_queues() -> None:
         check_priority("urgent")
 
 
-def test_workers_take_high_then_normal_then_low_and_at_front_first(cli, start_worker) -> None:
+@pytest.mark.parametrize("burst", [False, True], ids=["waiting", "burst"])
+def test_workers_take_high_then_normal_then_low_and_at_front_first(cli, start_worker, burst) -> None:
+    """A waiting worker blocks on all its queues at once, then looks for the next job without waiting;
+    a burst worker never waits: both take jobs in priority order, whichever queue they come from."""
     from jobctl import queue
 
     low = submit(cli, "low", "-t", "noop", "--priority", "low")
@@ -35,7 +38,8 @@ def test_workers_take_high_then_normal_then_low_and_at_front_first(cli, start_wo
     out = cli("submit", "x", "-t", "noop", "--priority", "urgent")
     assert out.exit_code == 2 and "invalid priority 'urgent'" in out.stderr
 
-    start_worker()  # one worker, so the order it takes them in is the order they start in
+    # One worker, so the order it takes them in is the order they start in.
+    worker = start_worker("--burst", wait=False) if burst else start_worker()
     ids = [low, normal, high, urgent, high2]
     rows = wait_for(
         lambda: all((r := {i: show(cli, i) for i in ids})[i]["status"] == "completed" for i in ids) and r,
@@ -44,6 +48,8 @@ def test_workers_take_high_then_normal_then_low_and_at_front_first(cli, start_wo
     )
     order = sorted(ids, key=lambda i: rows[i]["started_at"])
     assert order == [high, high2, urgent, normal, low]
+    if burst:
+        assert worker.proc.wait(30) == 0  # every queue empty: the burst worker ends
 
 
 def test_unique_keys_refuse_a_second_active_job(cli) -> None:
