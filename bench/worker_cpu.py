@@ -4,10 +4,11 @@
 
 Each round drains the same number of no-op jobs with `jobctl worker --burst` and `rq worker --burst`
 (forking), alternating, each run inside a wrapper that reports, as the worker exits, its own CPU time
-and minor page faults and those of the work-horses it waited for. Per job, medians of --rounds; the
-worker's figures include its start-up. Throughput is CPU-bound here: the wall time per job is about
-the worker's and the work-horse's CPU added up, so this shows which side a difference comes from
-(bench/throughput.py gives the ratio itself).
+and minor page faults and those of the work-horses it waited for, and its own (anonymous) memory, whose
+page tables each fork copies. Per job, medians of --rounds; the worker's figures include its start-up.
+Throughput is CPU-bound here: the wall time per job is about the worker's and the work-horse's CPU
+added up, so this shows which side a difference comes from (bench/throughput.py gives the ratio
+itself).
 
 Then, per step of the worker's loop (taking a job off the queue, jobctl's claim, RQ's preparation, the
 fork, waiting for the work-horse): its CPU time and page faults per job, from one more run of each
@@ -27,8 +28,13 @@ import atexit, resource, sys
 
 def report():
     own, horses = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    try:  # the memory a fork copies the page tables of, and an exit frees (Linux)
+        with open("/proc/self/status") as status:
+            anon = next(int(row.split()[1]) for row in status if row.startswith("RssAnon:")) / 1024
+    except (OSError, StopIteration):
+        anon = 0.0
     print("RUSAGE", own.ru_minflt, own.ru_utime + own.ru_stime, horses.ru_minflt,
-          horses.ru_utime + horses.ru_stime, file=sys.stderr)
+          horses.ru_utime + horses.ru_stime, anon, file=sys.stderr)
 
 atexit.register(report)  # in the worker only: a work-horse ends with os._exit
 kind, phases, sys.argv = sys.argv[1], sys.argv[2] == "steps", sys.argv[3:]
@@ -92,12 +98,14 @@ def run(kind: str, argv: list[str], env: dict[str, str], jobs: int, steps: bool 
         }
     line = [row for row in done.stderr.splitlines() if row.startswith("RUSAGE ")][-1].split()
     own_faults, own_cpu, horse_faults, horse_cpu = int(line[1]), float(line[2]), int(line[3]), float(line[4])
+    anon = float(line[5])
     return {
         "wall ms": wall / jobs * 1000,
         "worker CPU ms": own_cpu / jobs * 1000,
         "worker faults": own_faults / jobs,
         "horse CPU ms": horse_cpu / jobs * 1000,
         "horse faults": horse_faults / jobs,
+        "worker anon MiB": anon,
     }
 
 
