@@ -1,8 +1,8 @@
 """The writes that move one attempt through its row: the claim, the outcome, the requeue for a retry.
 
 Each is a compare-and-set on the row's status and attempt number, so a late or repeated writer never
-overwrites a newer state (terminal states are sticky). The claim and the outcome, which every job
-makes, run on the driver's cursor (driver.py).
+overwrites a newer state (terminal states are sticky). They run on the driver's cursor (driver.py):
+the claim and the outcome are written for every job.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from .driver import Transaction, transaction
 from .models import Job, JobStatus, utcnow
-from .store import JOB, begin, guarded, job_factory, row_to_job
+from .store import JOB, guarded, job_factory, row_to_job
 
 
 # The two writes every attempt makes, built once: only their parameters change.
@@ -42,7 +42,8 @@ def _claim_statement() -> Any:
 
 
 @functools.cache
-def _finish_statement(columns: tuple[str, ...]) -> Any:
+def _end_statement(columns: tuple[str, ...]) -> Any:
+    """Write `columns` of a running attempt's row (its outcome, or its return to pending for a retry)."""
     return (
         sa.update(JOB)
         .where(
@@ -81,8 +82,13 @@ def _finish(tx: Transaction, job_id: int, attempt: int, status: JobStatus, outco
         values["progress"] = outcome["progress"]
     if error is not None and status is JobStatus.FAILED:
         values["attempt_errors"] = _attempt_errors(tx, job_id, attempt, error)
+    return _end(tx, job_id, attempt, values)
+
+
+def _end(tx: Transaction, job_id: int, attempt: int, values: dict[str, Any]) -> bool:
+    """Write `values` to the row while `attempt` runs; False if the row moved on."""
     params = {f"p_{name}": value for name, value in values.items()}
-    return tx.execute(_finish_statement(tuple(values)), {**params, "p_id": job_id, "p_attempt": attempt}) == 1
+    return tx.execute(_end_statement(tuple(values)), {**params, "p_id": job_id, "p_attempt": attempt}) == 1
 
 
 @guarded
@@ -145,17 +151,9 @@ def requeue_after_failure(
     }
     if progress is not None:
         values["progress"] = progress
-    from .backoff import with_error
-
-    with begin() as conn:
-        existing = conn.execute(_attempt_errors_statement(), {"p_id": job_id}).scalar()
-        values["attempt_errors"] = with_error(existing, attempt, error)
-        done = conn.execute(
-            sa.update(JOB)
-            .where(JOB.c.id == job_id, JOB.c.attempts == attempt, JOB.c.status == JobStatus.PROCESSING.value)
-            .values(**values)
-        )
-    return done.rowcount == 1
+    with transaction() as tx:
+        values["attempt_errors"] = _attempt_errors(tx, job_id, attempt, error)
+        return _end(tx, job_id, attempt, values)
 
 
 def _attempt_errors(tx: Transaction, job_id: int, attempt: int, error: str) -> list[dict[str, Any]]:
