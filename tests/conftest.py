@@ -312,6 +312,26 @@ def start_worker(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., 
         worker.stop(signal.SIGTERM, timeout=10)
 
 
+def stop_cold(worker: WorkerProcess) -> None:
+    """A cold shutdown: a second SIGTERM while the worker runs its job. RQ takes a second signal
+    within a second of the first for a repeat of it, and two signals that arrive while the worker is
+    inside a database call are delivered as one: the second is sent only once the worker has recorded
+    the first (its shutdown date in Redis), and a second later."""
+    from rq import Worker
+
+    from jobctl.queue import get_redis
+
+    def took_first() -> bool:
+        found = [w for w in Worker.all(connection=get_redis()) if w.pid == worker.proc.pid]
+        return bool(found) and found[0].shutdown_requested_date is not None
+
+    worker.proc.send_signal(signal.SIGTERM)
+    wait_for(took_first, 30)
+    time.sleep(1.2)
+    worker.proc.send_signal(signal.SIGTERM)
+    worker.proc.wait(30)
+
+
 def submit(cli: Callable[..., Any], *args: str) -> int:
     """`jobctl submit ARGS` through the `cli` fixture; the new job's id."""
     out = cli("submit", *args)

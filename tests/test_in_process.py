@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import time
 
-from tests.conftest import ended, show, submit, wait_for
+from tests.conftest import ended, show, stop_cold, submit, wait_for
 
 
 def test_jobs_run_in_the_worker_process_with_progress_results_and_logs(cli, start_worker):
@@ -56,10 +56,7 @@ def test_second_signal_stops_the_running_job_and_marks_it_failed(cli, start_work
     worker = start_worker("--no-fork")
     job_id = submit(cli, "interrupted", "-t", "sleep", "-a", "seconds=30", "-a", "steps=30")
     wait_for(lambda: show(cli, job_id)["status"] == "processing")
-    worker.proc.send_signal(signal.SIGTERM)
-    time.sleep(1.2)  # RQ ignores a repeated signal within one second
-    worker.proc.send_signal(signal.SIGTERM)
-    worker.proc.wait(30)
+    stop_cold(worker)
     failed = show(cli, job_id)
     assert failed["status"] == "failed", failed
     assert "cold shutdown" in failed["error"]

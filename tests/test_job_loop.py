@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.conftest import show, submit, wait_for
+from tests.conftest import show, stop_cold, submit, wait_for
 
 
 def status_is(cli, job_id: int, *statuses: str):
@@ -289,14 +289,6 @@ def test_graceful_shutdown_finishes_the_running_job(cli, start_worker):
     worker.proc.send_signal(signal.SIGTERM)
     assert worker.proc.wait(30) == 0
     assert show(cli, job_id)["status"] == "completed"
-
-
-def stop_cold(worker) -> None:
-    """A cold shutdown: a second SIGTERM while the worker waits for its running job."""
-    worker.proc.send_signal(signal.SIGTERM)
-    time.sleep(1.2)  # RQ ignores a repeated signal within one second (pool de-duplication)
-    worker.proc.send_signal(signal.SIGTERM)
-    worker.proc.wait(30)
 
 
 def test_second_signal_stops_jobs_and_marks_them_failed(cli, start_worker):
