@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_SERVER = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379")
@@ -126,6 +127,20 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 def jobctl(*args: str) -> list[str]:
     """The command line of `jobctl ARGS...` in this interpreter."""
     return [sys.executable, "-m", "jobctl", *args]
+
+
+def queue_noops(plain_q: Any, jobs: int) -> list[Any]:
+    """`jobs` no-op jobs on each side: jobctl's on queue `bench` (through `submit_jobs`), plain RQ's
+    on `plain_q`. Returns the jobctl jobs."""
+    from rq import Queue
+
+    from jobctl import service
+
+    created = service.submit_jobs(
+        [service.JobRequest(name=f"n{i}", task="bench.noop", queue="bench") for i in range(jobs)]
+    )
+    plain_q.enqueue_many([Queue.prepare_data("bench.plain.noop") for _ in range(jobs)])
+    return created
 
 
 def rq(*args: str) -> list[str]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import subprocess
 import time
 
-from bench.harness import backends, bench_parser, environment, jobctl, median, rq
+from bench.harness import backends, bench_parser, environment, jobctl, median, queue_noops, rq
 
 MODES = {
     # mode: (jobctl worker options, rq worker options)
@@ -34,7 +34,7 @@ def measure(kind: str, mode: str, jobs: int, rounds: int) -> None:
     with environment(kind) as env:
         from rq import Queue
 
-        from jobctl import queue, service, store
+        from jobctl import queue, store
 
         conn = queue.get_redis()
         plain_q = Queue("plain", connection=conn, serializer=queue.serializer())
@@ -43,10 +43,7 @@ def measure(kind: str, mode: str, jobs: int, rounds: int) -> None:
         plain_cmd += [*plain_opts, "plain"]
         ours, plain = [], []
         for round_no in range(rounds):
-            created = service.submit_jobs(
-                [service.JobRequest(name=f"n{i}", task="bench.noop", queue="bench") for i in range(jobs)]
-            )
-            plain_q.enqueue_many([Queue.prepare_data("bench.plain.noop") for _ in range(jobs)])
+            created = queue_noops(plain_q, jobs)
             if round_no % 2:
                 plain.append(timed(plain_cmd, env))
                 ours.append(timed(ours_cmd, env))

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 
-from bench.harness import environment, median, rq, run_each_backend
+from bench.harness import environment, median, queue_noops, rq, run_each_backend
 
 WRAPPER = r"""
 import atexit, resource, sys
@@ -113,7 +113,7 @@ def measure(kind: str, jobs: int, rounds: int) -> None:
     with environment(kind) as env:
         from rq import Queue
 
-        from jobctl import queue, service
+        from jobctl import queue
 
         plain_q = Queue("plain", connection=queue.get_redis(), serializer=queue.serializer())
         ours_cmd = ["jobctl", "worker", "--burst", "-q", "bench"]
@@ -121,10 +121,7 @@ def measure(kind: str, jobs: int, rounds: int) -> None:
         plain_cmd.append("plain")
         results: dict[str, list[dict[str, float]]] = {"jobctl": [], "rq": []}
         for round_no in range(rounds):
-            service.submit_jobs(
-                [service.JobRequest(name=f"n{i}", task="bench.noop", queue="bench") for i in range(jobs)]
-            )
-            plain_q.enqueue_many([Queue.prepare_data("bench.plain.noop") for _ in range(jobs)])
+            queue_noops(plain_q, jobs)
             order = [("jobctl", ours_cmd), ("rq", plain_cmd)]
             for name, argv in order[:: -1 if round_no % 2 else 1]:
                 results[name].append(run(name, argv, env, jobs))
@@ -133,10 +130,7 @@ def measure(kind: str, jobs: int, rounds: int) -> None:
         print("  " + " " * 8 + "".join(f"{key:>16}" for key in keys))
         for name, rows in results.items():
             print(f"  {name:8}" + "".join(f"{median([r[key] for r in rows]):16.2f}" for key in keys))
-        service.submit_jobs(
-            [service.JobRequest(name=f"n{i}", task="bench.noop", queue="bench") for i in range(jobs)]
-        )
-        plain_q.enqueue_many([Queue.prepare_data("bench.plain.noop") for _ in range(jobs)])
+        queue_noops(plain_q, jobs)
         steps = {name: run(name, argv, env, jobs, steps=True) for name, argv in order}
         print("  per step of the worker, one more run each (per job):")
         print(f"    {'':10}{'jobctl CPU ms':>15}{'faults':>8}{'rq CPU ms':>12}{'faults':>8}")
