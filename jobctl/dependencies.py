@@ -23,7 +23,6 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from . import store
-from .driver import Transaction, transaction
 from .errors import NotFoundError
 from .models import TERMINAL, Job, JobDependency, JobStatus, utcnow
 
@@ -212,17 +211,17 @@ def _dependents_of_statement() -> Any:
     return sa.select(EDGE.c.job_id).where(EDGE.c.depends_on_id == sa.bindparam("ended")).distinct()
 
 
-def dependents_of(tx: Transaction, job_id: int) -> list[int]:
+def dependents_of(conn: Connection, job_id: int) -> list[int]:
     """The jobs waiting for `job_id`, read in the caller's transaction (a worker's, as it records
     the job's end: no connection of its own for the one query every finished job runs)."""
-    return [row["job_id"] for row in tx.rows(_dependents_of_statement(), {"ended": job_id})]
+    return list(conn.execute(_dependents_of_statement(), {"ended": job_id}).scalars())
 
 
 def warm_up() -> None:
     """Compile the queries finished jobs run, before a worker forks its work-horses."""
     _dependents([0])
-    with transaction() as tx:
-        dependents_of(tx, 0)
+    with store.get_engine().connect() as conn:
+        dependents_of(conn, 0)
 
 
 @store.guarded

@@ -1,8 +1,7 @@
 """The writes that move one attempt through its row: the claim, the outcome, the requeue for a retry.
 
 Each is a compare-and-set on the row's status and attempt number, so a late or repeated writer never
-overwrites a newer state (terminal states are sticky). They run on the driver's cursor (driver.py):
-the claim and the outcome are written for every job.
+overwrites a newer state (terminal states are sticky).
 """
 
 from __future__ import annotations
@@ -12,10 +11,10 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
-from .driver import Transaction, transaction
 from .models import Job, JobStatus, utcnow
-from .store import JOB, guarded, job_factory, row_to_job
+from .store import JOB, begin, guarded, job_factory, row_to_job
 
 
 # The two writes every attempt makes, built once: only their parameters change.
@@ -42,8 +41,7 @@ def _claim_statement() -> Any:
 
 
 @functools.cache
-def _end_statement(columns: tuple[str, ...]) -> Any:
-    """Write `columns` of a running attempt's row (its outcome, or its return to pending for a retry)."""
+def _finish_statement(columns: tuple[str, ...]) -> Any:
     return (
         sa.update(JOB)
         .where(
@@ -55,12 +53,7 @@ def _end_statement(columns: tuple[str, ...]) -> Any:
     )
 
 
-@functools.cache
-def _attempt_errors_statement() -> Any:
-    return sa.select(JOB.c.attempt_errors).where(JOB.c.id == sa.bindparam("p_id"))
-
-
-def _claim(tx: Transaction, job_id: int, attempt: int, worker: str | None) -> Job | None:
+def _claim(conn: Connection, job_id: int, attempt: int, worker: str | None) -> Job | None:
     params = {
         "p_id": job_id,
         "p_previous": attempt - 1,
@@ -68,11 +61,11 @@ def _claim(tx: Transaction, job_id: int, attempt: int, worker: str | None) -> Jo
         "p_worker": worker,
         "p_now": utcnow(),
     }
-    rows = tx.rows(_claim_statement(), params)
-    return row_to_job(rows[0]) if rows else None
+    row = conn.execute(_claim_statement(), params).first()
+    return row_to_job(row) if row is not None else None
 
 
-def _finish(tx: Transaction, job_id: int, attempt: int, status: JobStatus, outcome: dict[str, Any]) -> bool:
+def _finish(conn: Connection, job_id: int, attempt: int, status: JobStatus, outcome: dict[str, Any]) -> bool:
     """`outcome`: the result, error and progress to store (see `finish`)."""
     now = utcnow()
     error = outcome.get("error")
@@ -81,21 +74,17 @@ def _finish(tx: Transaction, job_id: int, attempt: int, status: JobStatus, outco
     if outcome.get("progress") is not None:
         values["progress"] = outcome["progress"]
     if error is not None and status is JobStatus.FAILED:
-        values["attempt_errors"] = _attempt_errors(tx, job_id, attempt, error)
-    return _end(tx, job_id, attempt, values)
-
-
-def _end(tx: Transaction, job_id: int, attempt: int, values: dict[str, Any]) -> bool:
-    """Write `values` to the row while `attempt` runs; False if the row moved on."""
+        values["attempt_errors"] = _attempt_errors(conn, job_id, attempt, error)
     params = {f"p_{name}": value for name, value in values.items()}
-    return tx.execute(_end_statement(tuple(values)), {**params, "p_id": job_id, "p_attempt": attempt}) == 1
+    done = conn.execute(_finish_statement(tuple(values)), {**params, "p_id": job_id, "p_attempt": attempt})
+    return done.rowcount == 1
 
 
 @guarded
 def claim(job_id: int, attempt: int, worker: str | None) -> Job | None:
     """Move a pending row to processing for `attempt`; None when the row is no longer pending for it."""
-    with transaction() as tx:
-        return _claim(tx, job_id, attempt, worker)
+    with begin() as conn:
+        return _claim(conn, job_id, attempt, worker)
 
 
 @guarded
@@ -110,8 +99,8 @@ def finish(
 ) -> bool:
     """Record the outcome of `attempt`; False if the row moved on (terminal states are sticky)."""
     outcome = {"result": result, "error": error, "progress": progress}
-    with transaction() as tx:
-        return _finish(tx, job_id, attempt, status, outcome)
+    with begin() as conn:
+        return _finish(conn, job_id, attempt, status, outcome)
 
 
 @guarded
@@ -125,9 +114,9 @@ def finish_then_claim(
     from .dependencies import dependents_of
 
     done_id, done_attempt, status, outcome = finished
-    with transaction() as tx:
-        done = _finish(tx, done_id, done_attempt, status, outcome)
-        return dependents_of(tx, done_id) if done else None, _claim(tx, job_id, attempt, worker)
+    with begin() as conn:
+        done = _finish(conn, done_id, done_attempt, status, outcome)
+        return dependents_of(conn, done_id) if done else None, _claim(conn, job_id, attempt, worker)
 
 
 @guarded
@@ -151,22 +140,26 @@ def requeue_after_failure(
     }
     if progress is not None:
         values["progress"] = progress
-    with transaction() as tx:
-        values["attempt_errors"] = _attempt_errors(tx, job_id, attempt, error)
-        return _end(tx, job_id, attempt, values)
+    with begin() as conn:
+        values["attempt_errors"] = _attempt_errors(conn, job_id, attempt, error)
+        done = conn.execute(
+            sa.update(JOB)
+            .where(JOB.c.id == job_id, JOB.c.attempts == attempt, JOB.c.status == JobStatus.PROCESSING.value)
+            .values(**values)
+        )
+    return done.rowcount == 1
 
 
-def _attempt_errors(tx: Transaction, job_id: int, attempt: int, error: str) -> list[dict[str, Any]]:
+def _attempt_errors(conn: Connection, job_id: int, attempt: int, error: str) -> list[dict[str, Any]]:
     """The row's attempt errors with `attempt`'s added (read in the writing transaction)."""
     from .backoff import with_error
 
-    rows = tx.rows(_attempt_errors_statement(), {"p_id": job_id})
-    return with_error(rows[0]["attempt_errors"] if rows else None, attempt, error)
+    existing = conn.execute(sa.select(JOB.c.attempt_errors).where(JOB.c.id == job_id)).scalar()
+    return with_error(existing, attempt, error)
 
 
 def warm_up() -> None:
     """Compile what a job's process runs and set up the row reader, before a worker forks."""
     claim(0, 1, None)
     finish(0, 1, JobStatus.COMPLETED, result=None)
-    finish(0, 1, JobStatus.FAILED, error="")  # and the attempt errors it reads
     job_factory()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple, ParamSpec, TypeVar
 
@@ -158,11 +158,11 @@ def job_factory() -> Callable[[], Job]:
     return manager_of_class(Job).new_instance
 
 
-def row_to_job(row: sa.Row[Any] | Mapping[str, Any]) -> Job:
-    """A Job from a full row of the job table (or its values by column), made as the ORM makes a
-    loaded row: the database's values are taken as they are (validating them costs 30 times as much)."""
+def row_to_job(row: sa.Row[Any]) -> Job:
+    """A Job from a full row of the job table, made as the ORM makes a loaded row: the database's
+    values are taken as they are (validating them costs 30 times as much)."""
     job = job_factory()()
-    job.__dict__.update(row._mapping if isinstance(row, sa.Row) else row)
+    job.__dict__.update(row._mapping)
     return job
 
 

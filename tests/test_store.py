@@ -112,58 +112,6 @@ def test_a_row_read_back_is_the_job_validation_would_build(env):
     assert store.get_job(job_id).attempts == 1
 
 
-def test_claims_and_outcomes_on_the_driver_cursor_match_sqlalchemy(env):
-    """The claim and the outcome run on the driver's cursor (driver.py): what they return and store
-    must be exactly what SQLAlchemy itself returns and stores for the same row."""
-    (job,) = store.insert_jobs(
-        [
-            {
-                "name": "naïve ✓ \x1b[1m",
-                "description": "d",
-                "task": "noop",
-                "args": {"nested": {"a": [1, 2.5, None, "é"]}, "n": None},
-                "queue": "q",
-                "timeout": 5,
-                "retries": 1,
-            }
-        ],
-        lambda i: rq_job_id(i, 1),
-    )
-    claimed = lifecycle.claim(job.id, 1, "w ✓")
-    assert claimed is not None
-    read = store.get_job(job.id)
-    assert claimed.model_dump() == read.model_dump()
-    assert {k: type(v) for k, v in vars(claimed).items() if not k.startswith("_")} == {
-        k: type(v) for k, v in vars(read).items() if not k.startswith("_")
-    }
-    assert claimed.started_at is not None and claimed.started_at.utcoffset().total_seconds() == 0
-    result = {"rows": [1, 2.5, None, True], "text": "ü\n\x00", "big": 2**62}
-    other, progress = new_job("next"), {"current": 3, "total": 3}
-    outcome = {"result": result, "progress": progress}
-    waiting, _ = lifecycle.finish_then_claim((job.id, 1, JobStatus.COMPLETED, outcome), other, 1, "w")
-    assert waiting == []
-    done = store.get_job(job.id)
-    assert done.status == "completed" and done.result == result and done.progress == progress
-    assert done.completed_at is not None and done.completed_at >= read.started_at
-    assert lifecycle.finish(other, 1, JobStatus.FAILED, error="boom ✗")
-    failed = store.get_job(other)
-    assert failed.error == "boom ✗" and failed.result is None
-    assert [(e["attempt"], e["error"]) for e in failed.attempt_errors] == [(1, "boom ✗")]
-
-
-def test_a_driver_error_rolls_the_whole_transaction_back(env):
-    """A statement failing on the driver's cursor undoes the transaction's earlier writes and is raised
-    as SQLAlchemy raises it, so callers handle it as any database error."""
-    from jobctl import driver
-
-    job_id = new_job()
-    with pytest.raises(sa.exc.DBAPIError), driver.transaction() as tx:
-        assert lifecycle._claim(tx, job_id, 1, "w") is not None
-        tx.execute(sa.update(sa.table("no_such_table", sa.column("x"))).values(x=1), {})
-    assert store.get_job(job_id).status == "pending"
-    assert lifecycle.claim(job_id, 1, "w") is not None  # the connection went back to the pool usable
-
-
 def test_list_query_uses_an_index_for_status_filter(env, backend):
     for _ in range(3):
         new_job()
