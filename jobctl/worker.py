@@ -27,6 +27,7 @@ from .queue import DISPATCH, get_queue, get_redis, guarded, queue_names, seriali
 
 log = logging.getLogger("jobctl.worker")
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+BEAT_EVERY = 1.0  # seconds: RQ's heartbeats closer together than this are left out
 
 
 def _log_like_rq() -> None:
@@ -98,6 +99,8 @@ class JobctlWorker(Worker):
     _unsettled: Handoff | None = None  # the attempt that ran last, until its outcome is recorded
     _redis_lost = False
     _jobs_done = 0
+    _beat_at = -BEAT_EVERY  # when this worker's key last had its expiry set (monotonic), and for how long
+    _beat_ttl = 0
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
         if kwargs.get("max_jobs") is None and self.default_max_jobs:
@@ -182,7 +185,29 @@ class JobctlWorker(Worker):
         return found
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        # RQ beats two to four times per job, two round trips each. A beat within a second of the
+        # last one that would not push the key's expiry later by a second or more is left out.
+        ttl = timeout or self.worker_ttl + 60
+        at = time.monotonic()
+        if (
+            pipeline is None
+            and at - self._beat_at < BEAT_EVERY
+            and self._beat_at + self._beat_ttl >= at + ttl - BEAT_EVERY
+        ):
+            return
         self._noting_redis_loss(super().heartbeat, timeout, pipeline)
+        self._beat_at, self._beat_ttl = at, ttl
+
+    def set_state(self, state: str, pipeline: Any = None) -> None:
+        # RQ sets the worker idle after each job and again before it takes the next one.
+        if pipeline is None and state == self._state:
+            return
+        super().set_state(state, pipeline)
+
+    def set_current_job_working_time(self, current_job_working_time: float, pipeline: Any = None) -> None:
+        if pipeline is None and current_job_working_time == self.current_job_working_time:
+            return
+        super().set_current_job_working_time(current_job_working_time, pipeline)
 
     def register_again(self) -> None:
         """Write this worker's registration again (after Redis lost it)."""

@@ -282,6 +282,54 @@ def test_worker_refuses_functions_other_than_the_dispatcher(env, cli, start_work
     assert foreign.get_status(refresh=True) == "failed"
 
 
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_worker_writes_its_state_and_heartbeat_to_redis_only_when_they_change(env):
+    """RQ writes a worker's state and heartbeat several times per job, most of them repeats; a jobctl
+    worker leaves the repeats out, and what `rq info` and the dashboard read stays right."""
+    from rq import Worker
+
+    from jobctl.queue import get_queue, get_redis, serializer
+    from jobctl.worker import BEAT_EVERY, JobctlWorker
+
+    conn = get_redis()
+    worker = JobctlWorker([get_queue("default", conn)], connection=conn, serializer=serializer())
+    worker.register_birth()
+    sent: list[str] = []
+    execute = conn.execute_command
+
+    def counting(*args, **kwargs):
+        sent.append(str(args[0]).upper())
+        return execute(*args, **kwargs)
+
+    conn.execute_command = counting
+    try:
+        worker.set_state("busy")
+        worker.set_state("busy")
+        worker.heartbeat()
+        worker.heartbeat()  # within a second of the last, and no later expiry: left out
+        worker.set_current_job_working_time(0)  # it is 0 already
+        assert sent == ["HSET", "HSET", "EXPIRE"]
+        assert Worker.find_by_key(worker.key, connection=conn).get_state() == "busy"
+
+        sent.clear()
+        worker.heartbeat(3600)  # a later expiry is written at once
+        assert sent == ["HSET", "EXPIRE"] and conn.ttl(worker.key) > 3000
+        sent.clear()
+        worker._beat_at -= BEAT_EVERY  # a second on, the next beat is written again
+        worker.heartbeat()
+        assert sent == ["HSET", "EXPIRE"] and conn.ttl(worker.key) <= worker.worker_ttl + 60
+        sent.clear()
+        worker.set_state("idle")
+        worker.set_current_job_working_time(2.5)
+        assert sent == ["HSET", "HSET"]
+    finally:
+        del conn.execute_command
+    seen = Worker.find_by_key(worker.key, connection=conn)
+    assert seen.get_state() == "idle" and seen.current_job_working_time == 2.5
+    assert seen.last_heartbeat is not None
+    worker.register_death()
+
+
 def test_graceful_shutdown_finishes_the_running_job(cli, start_worker):
     worker = start_worker()
     job_id = submit(cli, "finish me", "-t", "sleep", "-a", "seconds=2", "-a", "steps=4")
