@@ -101,6 +101,7 @@ class JobctlWorker(Worker):
     _jobs_done = 0
     _beat_at = -BEAT_EVERY  # when this worker's key last had its expiry set (monotonic), and for how long
     _beat_ttl = 0
+    _suspension_checked_at = -BEAT_EVERY
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
         if kwargs.get("max_jobs") is None and self.default_max_jobs:
@@ -167,7 +168,12 @@ class JobctlWorker(Worker):
             raise
 
     def check_for_suspension(self, burst: bool) -> None:
+        # RQ asks Redis before every job; a suspension (`rq suspend`) is seen within a second.
+        at = time.monotonic()
+        if at - self._suspension_checked_at < BEAT_EVERY:
+            return
         self._noting_redis_loss(super().check_for_suspension, burst)
+        self._suspension_checked_at = time.monotonic()
 
     def run_maintenance_tasks(self) -> None:
         self._noting_redis_loss(super().run_maintenance_tasks)

@@ -330,6 +330,25 @@ def test_a_worker_writes_its_state_and_heartbeat_to_redis_only_when_they_change(
     worker.register_death()
 
 
+def test_workers_take_no_jobs_while_rq_suspend_is_in_force(cli, env, start_worker):
+    rq = os.path.join(os.path.dirname(sys.executable), "rq")
+    job_id = submit(cli, "later", "-t", "noop")
+    subprocess.run([rq, "suspend", "-u", env["REDIS_URL"]], check=True, capture_output=True, env=env)
+    burst = subprocess.run(
+        [sys.executable, "-m", "jobctl", "worker", "--burst"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert burst.returncode == 0 and "suspended" in burst.stdout, burst.stdout
+    start_worker()
+    time.sleep(2)
+    assert show(cli, job_id)["status"] == "pending"
+    subprocess.run([rq, "resume", "-u", env["REDIS_URL"]], check=True, capture_output=True, env=env)
+    wait_for(status_is(cli, job_id, "completed"))
+
+
 def test_graceful_shutdown_finishes_the_running_job(cli, start_worker):
     worker = start_worker()
     job_id = submit(cli, "finish me", "-t", "sleep", "-a", "seconds=2", "-a", "steps=4")
