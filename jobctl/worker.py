@@ -275,6 +275,13 @@ class JobctlWorker(Worker):
         """Run the claimed job in a forked work-horse."""
         super().execute_job(job, queue)
 
+    def handle_execution_ended(self, job: Any, queue: Any, heartbeat_ttl: int) -> None:
+        # RQ writes the job's heartbeat again as it ends, to cover its success callback (jobctl's jobs
+        # have none); a job that ends within a second of its start keeps the one written then.
+        job.ended_at = now()
+        if job.started_at is None or (job.ended_at - job.started_at).total_seconds() >= BEAT_EVERY:
+            job.heartbeat(job.ended_at, heartbeat_ttl)
+
     def _settle_last(self) -> None:
         """Record the outcome of the job that ran last, if the next claim has not."""
         handoff, self._unsettled = self._unsettled, None
