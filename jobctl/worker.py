@@ -13,7 +13,6 @@ import time
 from typing import Any
 
 import redis
-from rq import Worker
 from rq.defaults import DEFAULT_WORKER_TTL
 from rq.exceptions import DeserializationError
 from rq.utils import now
@@ -21,13 +20,13 @@ from rq.worker import WorkerStatus
 from rq.worker_pool import WorkerPool
 
 from . import liveness
+from .bookkeeping import SparseBookkeeping
 from .config import get_settings
 from .handoff import Handoff
 from .queue import DISPATCH, get_queue, get_redis, guarded, queue_names, serializer
 
 log = logging.getLogger("jobctl.worker")
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
-BEAT_EVERY = 1.0  # seconds: RQ's heartbeats closer together than this are left out
 
 
 def _log_like_rq() -> None:
@@ -87,7 +86,7 @@ class _Monitor(threading.Thread):
             liveness.end_worker(get_redis(), self.worker.name)
 
 
-class JobctlWorker(Worker):
+class JobctlWorker(SparseBookkeeping):
     """RQ's forking worker that refuses foreign jobs, records deaths RQ does not report to jobs,
     survives Redis outages, and carries jobctl's heartbeat and reconciliation."""
 
@@ -99,9 +98,6 @@ class JobctlWorker(Worker):
     _unsettled: Handoff | None = None  # the attempt that ran last, until its outcome is recorded
     _redis_lost = False
     _jobs_done = 0
-    _beat_at = -BEAT_EVERY  # when this worker's key last had its expiry set (monotonic), and for how long
-    _beat_ttl = 0
-    _suspension_checked_at = -BEAT_EVERY
 
     def work(self, *args: Any, **kwargs: Any) -> bool:
         if kwargs.get("max_jobs") is None and self.default_max_jobs:
@@ -168,12 +164,7 @@ class JobctlWorker(Worker):
             raise
 
     def check_for_suspension(self, burst: bool) -> None:
-        # RQ asks Redis before every job; a suspension (`rq suspend`) is seen within a second.
-        at = time.monotonic()
-        if at - self._suspension_checked_at < BEAT_EVERY:
-            return
         self._noting_redis_loss(super().check_for_suspension, burst)
-        self._suspension_checked_at = time.monotonic()
 
     def run_maintenance_tasks(self) -> None:
         self._noting_redis_loss(super().run_maintenance_tasks)
@@ -191,29 +182,7 @@ class JobctlWorker(Worker):
         return found
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
-        # RQ beats two to four times per job, two round trips each. A beat within a second of the
-        # last one that would not push the key's expiry later by a second or more is left out.
-        ttl = timeout or self.worker_ttl + 60
-        at = time.monotonic()
-        if (
-            pipeline is None
-            and at - self._beat_at < BEAT_EVERY
-            and self._beat_at + self._beat_ttl >= at + ttl - BEAT_EVERY
-        ):
-            return
         self._noting_redis_loss(super().heartbeat, timeout, pipeline)
-        self._beat_at, self._beat_ttl = at, ttl
-
-    def set_state(self, state: str, pipeline: Any = None) -> None:
-        # RQ sets the worker idle after each job and again before it takes the next one.
-        if pipeline is None and state == self._state:
-            return
-        super().set_state(state, pipeline)
-
-    def set_current_job_working_time(self, current_job_working_time: float, pipeline: Any = None) -> None:
-        if pipeline is None and current_job_working_time == self.current_job_working_time:
-            return
-        super().set_current_job_working_time(current_job_working_time, pipeline)
 
     def register_again(self) -> None:
         """Write this worker's registration again (after Redis lost it)."""
@@ -274,13 +243,6 @@ class JobctlWorker(Worker):
     def perform(self, job: Any, queue: Any) -> None:
         """Run the claimed job in a forked work-horse."""
         super().execute_job(job, queue)
-
-    def handle_execution_ended(self, job: Any, queue: Any, heartbeat_ttl: int) -> None:
-        # RQ writes the job's heartbeat again as it ends, to cover its success callback (jobctl's jobs
-        # have none); a job that ends within a second of its start keeps the one written then.
-        job.ended_at = now()
-        if job.started_at is None or (job.ended_at - job.started_at).total_seconds() >= BEAT_EVERY:
-            job.heartbeat(job.ended_at, heartbeat_ttl)
 
     def _settle_last(self) -> None:
         """Record the outcome of the job that ran last, if the next claim has not."""

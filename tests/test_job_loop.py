@@ -288,8 +288,9 @@ def test_a_worker_writes_its_state_and_heartbeat_to_redis_only_when_they_change(
     worker leaves the repeats out, and what `rq info` and the dashboard read stays right."""
     from rq import Worker
 
+    from jobctl.bookkeeping import BEAT_EVERY
     from jobctl.queue import get_queue, get_redis, serializer
-    from jobctl.worker import BEAT_EVERY, JobctlWorker
+    from jobctl.worker import JobctlWorker
 
     conn = get_redis()
     worker = JobctlWorker([get_queue("default", conn)], connection=conn, serializer=serializer())
