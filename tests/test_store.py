@@ -41,6 +41,35 @@ def test_claim_is_a_compare_and_set_fenced_by_attempt(env):
     assert store.get_job(job_id).worker == "w1"
 
 
+def test_a_worker_recording_an_end_with_its_next_claim_learns_which_jobs_wait_for_the_ended_one(env):
+    from jobctl.dependencies import EDGE
+
+    first, second, third, waiting, other = (new_job(name) for name in ("1", "2", "3", "waits", "other"))
+    with store.begin() as conn:
+        conn.execute(
+            sa.insert(EDGE),
+            [
+                {"job_id": waiting, "depends_on_id": first},
+                {"job_id": other, "depends_on_id": first},
+                {"job_id": waiting, "depends_on_id": third},
+            ],
+        )
+    outcome = {"result": None, "error": None, "progress": None}
+    lifecycle.claim(first, 1, "w")
+    dependents, claimed = lifecycle.finish_then_claim(
+        (first, 1, JobStatus.COMPLETED, outcome), second, 1, "w"
+    )
+    assert sorted(dependents or []) == sorted([waiting, other])
+    assert claimed is not None and claimed.id == second and claimed.status == "processing"
+    dependents, claimed = lifecycle.finish_then_claim((second, 1, JobStatus.FAILED, outcome), third, 1, "w")
+    assert dependents == [] and claimed is not None  # nothing waits for the second
+    dependents, claimed = lifecycle.finish_then_claim(
+        (second, 1, JobStatus.COMPLETED, outcome), third, 1, "w"
+    )
+    assert dependents is None and claimed is None  # the second had ended, the third is claimed already
+    assert store.get_job(second).status == "failed"
+
+
 def test_terminal_states_are_sticky_and_late_writers_are_ignored(env):
     job_id = new_job()
     lifecycle.claim(job_id, 1, "w")
