@@ -38,7 +38,8 @@ def measure(kind: str, mode: str, jobs: int, rounds: int) -> None:
 
         conn = queue.get_redis()
         plain_q = Queue("plain", connection=conn, serializer=queue.serializer())
-        ours_cmd = jobctl("worker", "--burst", "-q", "bench", *ours_opts)
+        # --max-jobs: a worker restarts after 1,000 jobs by default, which would end a burst early.
+        ours_cmd = jobctl("worker", "--burst", "-q", "bench", "--max-jobs", str(jobs), *ours_opts)
         plain_cmd = rq("worker", "--burst", "-u", env["REDIS_URL"], "-S", "rq.serializers.JSONSerializer")
         plain_cmd += [*plain_opts, "plain"]
         ours, plain = [], []

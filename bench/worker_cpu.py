@@ -116,7 +116,8 @@ def measure(kind: str, jobs: int, rounds: int) -> None:
         from jobctl import queue
 
         plain_q = Queue("plain", connection=queue.get_redis(), serializer=queue.serializer())
-        ours_cmd = ["jobctl", "worker", "--burst", "-q", "bench"]
+        # --max-jobs: a worker restarts after 1,000 jobs by default, which would end a burst early.
+        ours_cmd = ["jobctl", "worker", "--burst", "-q", "bench", "--max-jobs", str(jobs)]
         plain_cmd = rq("worker", "--burst", "-u", env["REDIS_URL"], "-S", "rq.serializers.JSONSerializer")
         plain_cmd.append("plain")
         results: dict[str, list[dict[str, float]]] = {"jobctl": [], "rq": []}
