@@ -22,6 +22,7 @@ POSTGRES_ADMIN_URL = os.environ.get(
     "JOBCTL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 LOCK_KEY = "jobctl:test-lock"
+RQ_SCRIPT = os.path.join(os.path.dirname(sys.executable), "rq")  # RQ's command line, beside this Python
 TOKEN = f"{os.getpid()}-{uuid.uuid4().hex}"
 SKIPPED_BACKENDS: list[str] = []
 
@@ -310,6 +311,18 @@ def start_worker(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., 
     yield _start
     for worker in started:
         worker.stop(signal.SIGTERM, timeout=10)
+
+
+@pytest.fixture
+def private_redis(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A Redis server of this test's own, which it may crash and restart."""
+    from tests.servers import RedisServer
+
+    server = RedisServer().start()
+    monkeypatch.setenv("REDIS_URL", server.url)
+    reset_caches()
+    yield server
+    server.close()
 
 
 def stop_cold(worker: WorkerProcess) -> None:

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.conftest import show, stop_cold, submit, wait_for
+from tests.conftest import RQ_SCRIPT, show, stop_cold, submit, wait_for
 
 
 def status_is(cli, job_id: int, *statuses: str):
@@ -253,9 +253,17 @@ def test_timeout_fails_the_job_with_reason(cli, start_worker):
 
 def test_plain_rq_worker_with_json_serializer_runs_and_records_jobs(cli, env, tmp_path):
     job_id = submit(cli, "plain rq", "-t", "sleep", "-a", "seconds=0.2", "-a", "steps=2")
-    rq = os.path.join(os.path.dirname(sys.executable), "rq")
     proc = subprocess.run(
-        [rq, "worker", "-u", env["REDIS_URL"], "-S", "rq.serializers.JSONSerializer", "--burst", "default"],
+        [
+            RQ_SCRIPT,
+            "worker",
+            "-u",
+            env["REDIS_URL"],
+            "-S",
+            "rq.serializers.JSONSerializer",
+            "--burst",
+            "default",
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -337,7 +345,7 @@ def test_a_worker_writes_its_state_and_heartbeat_to_redis_only_when_they_change(
     [((), "rq.worker.Worker"), (("--no-fork",), "rq.worker.SimpleWorker")],
     ids=["forking", "no-fork"],
 )
-def test_a_worker_sends_redis_fewer_commands_per_job_than_plain_rq(env, monkeypatch, ours, plain):
+def test_a_worker_sends_redis_fewer_commands_per_job_than_plain_rq(private_redis, ours, plain):
     """jobctl's SQL record and progress come on top of RQ, but its worker asks less of Redis than RQ's
     own (RQ's repeated writes of the worker's state and heartbeats are left out): at least 15 % fewer
     commands per job, counted by a Redis server of the test's own (INFO commandstats) beyond what an
@@ -347,60 +355,45 @@ def test_a_worker_sends_redis_fewer_commands_per_job_than_plain_rq(env, monkeypa
 
     from jobctl import service
     from jobctl.queue import serializer
-    from tests.conftest import reset_caches
-    from tests.servers import RedisServer
 
-    server = RedisServer().start()
-    try:
-        monkeypatch.setenv("REDIS_URL", server.url)
-        reset_caches()
-        conn = redis.Redis.from_url(server.url)
-        plain_queue = Queue("plain", connection=conn, serializer=serializer())
-        rq = os.path.join(os.path.dirname(sys.executable), "rq")
-        workers = {
-            "jobctl": [sys.executable, "-m", "jobctl", "worker", "--burst", *ours],
-            "rq": [
-                rq,
-                "worker",
-                "--burst",
-                "-u",
-                server.url,
-                "-S",
-                "rq.serializers.JSONSerializer",
-                "-w",
-                plain,
-                "plain",
-            ],
-        }
-        jobs = 100
+    url = private_redis.url
+    conn = redis.Redis.from_url(url)
+    plain_queue = Queue("plain", connection=conn, serializer=serializer())
+    workers = {
+        "jobctl": [sys.executable, "-m", "jobctl", "worker", "--burst", *ours],
+        "rq": [
+            RQ_SCRIPT,
+            "worker",
+            "--burst",
+            "-u",
+            url,
+            "-S",
+            "rq.serializers.JSONSerializer",
+            "-w",
+            plain,
+            "plain",
+        ],
+    }
+    jobs = 100
 
-        def commands(which: str, count: int) -> int:
-            if which == "jobctl":
-                service.submit_jobs([service.JobRequest(name=f"n{i}", task="noop") for i in range(count)])
-            else:
-                plain_queue.enqueue_many(
-                    [Queue.prepare_data("tests.sample_tasks.noop") for _ in range(count)]
-                )
-            conn.config_resetstat()
-            subprocess.run(workers[which], env={**os.environ}, check=True, capture_output=True, timeout=120)
-            stats = conn.info("commandstats")
-            return sum(
-                v["calls"] for name, v in stats.items() if name not in ("cmdstat_info", "cmdstat_config")
-            )
+    def commands(which: str, count: int) -> int:
+        if which == "jobctl":
+            service.submit_jobs([service.JobRequest(name=f"n{i}", task="noop") for i in range(count)])
+        else:
+            plain_queue.enqueue_many([Queue.prepare_data("tests.sample_tasks.noop") for _ in range(count)])
+        conn.config_resetstat()
+        subprocess.run(workers[which], env={**os.environ}, check=True, capture_output=True, timeout=120)
+        stats = conn.info("commandstats")
+        return sum(v["calls"] for name, v in stats.items() if name not in ("cmdstat_info", "cmdstat_config"))
 
-        per_job = {which: (commands(which, jobs) - commands(which, 0)) / jobs for which in workers}
-        assert (
-            len(service.list_jobs(statuses=["completed"], limit=2 * jobs)) == jobs and plain_queue.count == 0
-        )
-        assert 0 < per_job["jobctl"] <= 0.85 * per_job["rq"], per_job  # 39-40 against 52-54 per job
-    finally:
-        server.close()
+    per_job = {which: (commands(which, jobs) - commands(which, 0)) / jobs for which in workers}
+    assert len(service.list_jobs(statuses=["completed"], limit=2 * jobs)) == jobs and plain_queue.count == 0
+    assert 0 < per_job["jobctl"] <= 0.85 * per_job["rq"], per_job  # 39-40 against 52-54 per job
 
 
 def test_workers_take_no_jobs_while_rq_suspend_is_in_force(cli, env, start_worker):
-    rq = os.path.join(os.path.dirname(sys.executable), "rq")
     job_id = submit(cli, "later", "-t", "noop")
-    subprocess.run([rq, "suspend", "-u", env["REDIS_URL"]], check=True, capture_output=True, env=env)
+    subprocess.run([RQ_SCRIPT, "suspend", "-u", env["REDIS_URL"]], check=True, capture_output=True, env=env)
     burst = subprocess.run(
         [sys.executable, "-m", "jobctl", "worker", "--burst"],
         capture_output=True,
@@ -412,7 +405,7 @@ def test_workers_take_no_jobs_while_rq_suspend_is_in_force(cli, env, start_worke
     start_worker()
     time.sleep(2)
     assert show(cli, job_id)["status"] == "pending"
-    subprocess.run([rq, "resume", "-u", env["REDIS_URL"]], check=True, capture_output=True, env=env)
+    subprocess.run([RQ_SCRIPT, "resume", "-u", env["REDIS_URL"]], check=True, capture_output=True, env=env)
     wait_for(status_is(cli, job_id, "completed"))
 
 

@@ -16,16 +16,6 @@ SQLITE_ONLY = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 needs_postgres = pytest.mark.skipif(not postgres_available(), reason="initdb/pg_ctl not installed")
 
 
-@pytest.fixture
-def private_redis(env, monkeypatch):
-    """A Redis server of this test's own, which it may crash and restart."""
-    server = RedisServer().start()
-    monkeypatch.setenv("REDIS_URL", server.url)
-    reset_caches()
-    yield server
-    server.close()
-
-
 @pytest.fixture(scope="module")
 def postgres_server():
     if not postgres_available():

@@ -8,10 +8,9 @@ import os
 import shlex
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
-from tests.conftest import cli_env, ended, show, submit, wait_for
+from tests.conftest import RQ_SCRIPT, cli_env, ended, show, submit, wait_for
 
 
 def gone(pid: int) -> bool:
@@ -107,10 +106,9 @@ def test_only_allow_shell_workers_take_shell_jobs(env, cli, run, start_worker, b
     assert "--allow-shell" in refused.stderr
 
     # A plain RQ worker pointed at the shell queue without JOBCTL_ALLOW_SHELL: the task refuses to run.
-    rq = os.path.join(os.path.dirname(sys.executable), "rq")
     rq_worker = background(
         [
-            rq,
+            RQ_SCRIPT,
             "worker",
             "-u",
             env["REDIS_URL"],
